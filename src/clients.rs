@@ -1,0 +1,1 @@
+//! clients (server helper).

@@ -1,0 +1,1 @@
+//! installations (resolver helper).

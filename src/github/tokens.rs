@@ -1,0 +1,1 @@
+//! tokens (resolver helper).
