@@ -79,8 +79,27 @@ impl Snapshot {
     }
 }
 
+/// How long lookups are trusted. The defaults are SPEC §7.2's; tests over real TLS shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// The installation list (and a selected installation's repositories) is trusted this long.
+    pub list_ttl: Duration,
+    /// An owner (or repo) missing from a cached list is re-checked at most this often.
+    pub miss_recheck: Duration,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            list_ttl: LIST_TTL,
+            miss_recheck: MISS_RECHECK,
+        }
+    }
+}
+
 /// The installations of one App.
 pub struct Installations {
+    policy: CachePolicy,
     snapshot: RwLock<Arc<Snapshot>>,
     refresh: tokio::sync::Mutex<()>,
     repos: DashMap<u64, Arc<RepoList>>,
@@ -92,15 +111,10 @@ struct RepoList {
     fetched_at: Instant,
 }
 
-impl Default for Installations {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Installations {
-    pub fn new() -> Self {
+    pub fn new(policy: CachePolicy) -> Self {
         Installations {
+            policy,
             snapshot: RwLock::new(Arc::new(Snapshot::empty())),
             refresh: tokio::sync::Mutex::new(()),
             repos: DashMap::new(),
@@ -123,7 +137,7 @@ impl Installations {
         Fut: Future<Output = Result<Vec<Installation>, TokenError>>,
     {
         let seen = self.current();
-        if let Some(answer) = Self::answer(&seen, owner, Instant::now()) {
+        if let Some(answer) = self.answer(&seen, owner, Instant::now()) {
             return Ok(answer);
         }
         let _guard = self.refresh.lock().await;
@@ -146,7 +160,7 @@ impl Installations {
         Fut: Future<Output = Result<Vec<Installation>, TokenError>>,
     {
         let seen = self.current();
-        if seen.age(Instant::now()).is_some_and(|age| age < LIST_TTL) {
+        if seen.age(Instant::now()).is_some_and(|age| age < self.policy.list_ttl) {
             return Ok(seen.list.clone());
         }
         let _guard = self.refresh.lock().await;
@@ -161,14 +175,14 @@ impl Installations {
     }
 
     /// What the cache can say without GitHub: `Some(answer)`, or `None` when a fetch is due.
-    fn answer(snap: &Snapshot, owner: &str, now: Instant) -> Option<Option<Installation>> {
+    fn answer(&self, snap: &Snapshot, owner: &str, now: Instant) -> Option<Option<Installation>> {
         let age = snap.age(now)?;
-        if age >= LIST_TTL {
+        if age >= self.policy.list_ttl {
             return None;
         }
         match snap.find(owner) {
             Some(found) => Some(Some(found)),
-            None if age < MISS_RECHECK => Some(None),
+            None if age < self.policy.miss_recheck => Some(None),
             None => None,
         }
     }
@@ -195,7 +209,7 @@ impl Installations {
         let repo = repo.to_ascii_lowercase();
         let seen = self.repos.get(&id).map(|r| r.clone());
         if let Some(list) = &seen {
-            if let Some(answer) = Self::repo_answer(list, &repo, Instant::now()) {
+            if let Some(answer) = self.repo_answer(list, &repo, Instant::now()) {
                 return Ok(answer);
             }
         }
@@ -229,14 +243,14 @@ impl Installations {
         Ok(found)
     }
 
-    fn repo_answer(list: &RepoList, repo: &str, now: Instant) -> Option<bool> {
+    fn repo_answer(&self, list: &RepoList, repo: &str, now: Instant) -> Option<bool> {
         let age = now.saturating_duration_since(list.fetched_at);
-        if age >= LIST_TTL {
+        if age >= self.policy.list_ttl {
             return None;
         }
         if list.names.contains(repo) {
             Some(true)
-        } else if age < MISS_RECHECK {
+        } else if age < self.policy.miss_recheck {
             Some(false)
         } else {
             None
@@ -261,7 +275,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn miss_refetches_at_most_once_a_minute_and_hits_last_ten_minutes() {
-        let cache = Installations::new();
+        let cache = Installations::new(CachePolicy::default());
         let calls = AtomicU64::new(0);
         let fetch = || async {
             calls.fetch_add(1, Ordering::SeqCst);
@@ -287,7 +301,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn forget_makes_the_next_lookup_fetch() {
-        let cache = Installations::new();
+        let cache = Installations::new(CachePolicy::default());
         let calls = AtomicU64::new(0);
         let fetch = || async {
             calls.fetch_add(1, Ordering::SeqCst);
@@ -296,6 +310,27 @@ mod tests {
         cache.lookup("acme", fetch).await.unwrap();
         cache.forget(1);
         cache.lookup("acme", fetch).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repo_not_in_selection_is_rechecked_at_most_once_a_minute() {
+        let cache = Installations::new(CachePolicy::default());
+        let calls = AtomicU64::new(0);
+        let repos = std::sync::Mutex::new(vec!["widgets".to_string()]);
+        let fetch = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(repos.lock().unwrap().clone())
+        };
+        assert!(cache.repo_selected(1, "Widgets", fetch).await.unwrap());
+        assert!(!cache.repo_selected(1, "gadgets", fetch).await.unwrap());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        repos.lock().unwrap().push("gadgets".to_string());
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!cache.repo_selected(1, "gadgets", fetch).await.unwrap());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(cache.repo_selected(1, "gadgets", fetch).await.unwrap());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -23,7 +23,7 @@ use crate::credential::Token;
 use crate::upstream::UpstreamClient;
 
 use app::AppJwt;
-use installations::{Installation, Installations};
+use installations::{CachePolicy, Installation, Installations};
 use tokens::{Minted, TokenCache};
 
 const USER_AGENT: &str = concat!("gh-token-proxy/", env!("CARGO_PKG_VERSION"));
@@ -151,6 +151,12 @@ impl GitHub {
     /// Parses every App key and builds the PATs once. Keys were validated at config load; one
     /// that still fails makes that App answer `app_error`, never a panic.
     pub fn new(config: Arc<Config>, client: UpstreamClient) -> Self {
+        Self::with_policy(config, client, CachePolicy::default())
+    }
+
+    /// [`GitHub::new`] with other lookup cache intervals (tests over real TLS, where paused time
+    /// cannot be used).
+    pub fn with_policy(config: Arc<Config>, client: UpstreamClient, policy: CachePolicy) -> Self {
         let mut apps = Vec::new();
         let mut pats = Vec::new();
         for integration in &config.integrations {
@@ -172,7 +178,7 @@ impl GitHub {
                             api: api.clone(),
                             jwt,
                             key_error,
-                            installations: Installations::new(),
+                            installations: Installations::new(policy),
                         })
                     })
                     .collect(),
