@@ -222,7 +222,11 @@ pub fn render_tree(e: &Explanation) -> String {
         let _ = writeln!(out, "│  └─ no GitHub App configured");
     }
     for (i, step) in apps.iter().enumerate() {
-        let branch = if i + 1 == apps.len() { "└─" } else { "├─" };
+        let branch = if i + 1 == apps.len() {
+            "└─"
+        } else {
+            "├─"
+        };
         let _ = writeln!(
             out,
             "│  {branch} {} App {}: {}",
@@ -232,10 +236,7 @@ pub fn render_tree(e: &Explanation) -> String {
         );
     }
     if app_used {
-        let _ = writeln!(
-            out,
-            "│     → Create JWT → Exchange for Installation Token"
-        );
+        let _ = writeln!(out, "│     → Create JWT → Exchange for Installation Token");
     }
     let later: Vec<(&str, &Step)> = e
         .details
@@ -263,8 +264,7 @@ pub fn render_tree(e: &Explanation) -> String {
         e.credential,
         e.reason,
         e.app_id.map_or("-".to_string(), |v| v.to_string()),
-        e.installation_id
-            .map_or("-".to_string(), |v| v.to_string()),
+        e.installation_id.map_or("-".to_string(), |v| v.to_string()),
         e.hashed_token.as_deref().unwrap_or("-"),
     );
     out
@@ -386,8 +386,14 @@ mod tests {
     #[test]
     fn tree_marks_the_path_taken() {
         let tree = render_tree(&sample());
-        assert!(tree.contains("✘ App 12345: skipped (not_installed)"), "{tree}");
+        assert!(
+            tree.contains("✘ App 12345: skipped (not_installed)"),
+            "{tree}"
+        );
         assert!(tree.contains("✔ PAT configured"), "{tree}");
-        assert!(tree.contains("credential: pat   reason: not_installed"), "{tree}");
+        assert!(
+            tree.contains("credential: pat   reason: not_installed"),
+            "{tree}"
+        );
     }
 }

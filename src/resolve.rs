@@ -70,7 +70,13 @@ impl Resolver {
         let mut app_reasons: Vec<(u64, Reason, Option<String>)> = Vec::new();
         for (app_index, app) in integration.apps.iter().enumerate() {
             let Some(owner) = owner else {
-                steps.push(step("app", Some(app.app_id), SKIPPED, Some(Reason::NoOwner), None));
+                steps.push(step(
+                    "app",
+                    Some(app.app_id),
+                    SKIPPED,
+                    Some(Reason::NoOwner),
+                    None,
+                ));
                 app_reasons.push((app.app_id, Reason::NoOwner, None));
                 continue;
             };
@@ -93,7 +99,13 @@ impl Resolver {
                     );
                 }
                 Err((reason, detail)) => {
-                    steps.push(step("app", Some(app.app_id), SKIPPED, Some(reason), detail.clone()));
+                    steps.push(step(
+                        "app",
+                        Some(app.app_id),
+                        SKIPPED,
+                        Some(reason),
+                        detail.clone(),
+                    ));
                     app_reasons.push((app.app_id, reason, detail));
                 }
             }
@@ -135,7 +147,13 @@ impl Resolver {
                     );
                 }
                 Err((reason, detail)) => {
-                    steps.push(step("public_access", Some(app.app_id), UNAVAILABLE, Some(reason), detail));
+                    steps.push(step(
+                        "public_access",
+                        Some(app.app_id),
+                        UNAVAILABLE,
+                        Some(reason),
+                        detail,
+                    ));
                 }
             },
         }
@@ -157,7 +175,10 @@ impl Resolver {
             None,
             UNAVAILABLE,
             None,
-            Some(format!("integrations.github[{}].token is not set", integration.index)),
+            Some(format!(
+                "integrations.github[{}].token is not set",
+                integration.index
+            )),
         ));
 
         // 4. Anonymous.
@@ -226,7 +247,10 @@ impl Resolver {
             Ok(None) => return Err((Reason::NotInstalled, None)),
             Err(err) => return Err(app_error(app.app_id, &err)),
         };
-        let detail = Some(format!("installation {} on '{}'", installation.id, installation.account));
+        let detail = Some(format!(
+            "installation {} on '{}'",
+            installation.id, installation.account
+        ));
         if installation.suspended {
             return Err((Reason::Suspended, detail));
         }
@@ -247,17 +271,17 @@ impl Resolver {
             }
             Err(err) => return Err(app_error(app.app_id, &err)),
         };
-        if installation.selected {
-            if let Some(repo) = repo {
-                match self
-                    .github
-                    .repo_selected(ii, app_index, installation.id, &token, repo)
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => return Err((Reason::RepoNotSelected, detail)),
-                    Err(err) => return Err(app_error(app.app_id, &err)),
-                }
+        // An org-level request (no repo) on a `selected` installation is served: the token
+        // covers the org's endpoints whatever repositories were selected.
+        if let (true, Some(repo)) = (installation.selected, repo) {
+            match self
+                .github
+                .repo_selected(ii, app_index, installation.id, &token, repo)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Err((Reason::RepoNotSelected, detail)),
+                Err(err) => return Err(app_error(app.app_id, &err)),
             }
         }
         Ok((installation.id, token))
@@ -356,7 +380,9 @@ fn refusal_message(
                 format!("install the App on '{o}'"),
             ),
             Reason::OwnerNotAllowed => (
-                format!("GitHub App {app_id} does not allow owner '{o}' (allowedInstallationOwners)"),
+                format!(
+                    "GitHub App {app_id} does not allow owner '{o}' (allowedInstallationOwners)"
+                ),
                 format!("add '{o}' to the App's allowedInstallationOwners"),
             ),
             Reason::Suspended => (
@@ -364,7 +390,9 @@ fn refusal_message(
                 format!("unsuspend the App's installation on '{o}'"),
             ),
             Reason::RepoNotSelected => (
-                format!("GitHub App {app_id}'s installation on '{o}' does not include repository '{r}'"),
+                format!(
+                    "GitHub App {app_id}'s installation on '{o}' does not include repository '{r}'"
+                ),
                 format!("add '{r}' to the App installation's repositories"),
             ),
             Reason::AppError => (
@@ -376,7 +404,8 @@ fn refusal_message(
             ),
             _ => (
                 format!("GitHub App {app_id} needs an owner"),
-                "name the owner with the X-GitHub-Owner header or set proxy.defaultOwner".to_string(),
+                "name the owner with the X-GitHub-Owner header or set proxy.defaultOwner"
+                    .to_string(),
             ),
         };
         tried.push(said);
@@ -385,7 +414,9 @@ fn refusal_message(
         }
     }
     if owner.is_none() && integration.apps.is_empty() {
-        todo.push("name the owner with the X-GitHub-Owner header or set proxy.defaultOwner".to_string());
+        todo.push(
+            "name the owner with the X-GitHub-Owner header or set proxy.defaultOwner".to_string(),
+        );
     }
     if integration.apps.is_empty() {
         tried.push("no GitHub App is configured".to_string());

@@ -53,7 +53,14 @@ async fn installed_app_serves_with_its_installation_token() {
             .build(),
     );
     // Owners and repos compare case-insensitively.
-    let r = resolve(&config, &resolver, Method::GET, Some("ACME"), Some("Widgets")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("ACME"),
+        Some("Widgets"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::App, Reason::Installed);
     assert_eq!((r.app_id, r.installation_id), (Some(APP1), Some(678)));
     let token = r.token.clone().unwrap();
@@ -83,7 +90,14 @@ async fn public_access_serves_get_with_first_admitted_installation() {
             )
             .build(),
     );
-    let r = resolve(&config, &resolver, Method::GET, Some("torvalds"), Some("linux")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("torvalds"),
+        Some("linux"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::App, Reason::PublicAccess);
     assert_eq!((r.app_id, r.installation_id), (Some(APP1), Some(678)));
     assert_eq!(r.steps[0].reason, Some(Reason::OwnerNotAllowed));
@@ -91,7 +105,14 @@ async fn public_access_serves_get_with_first_admitted_installation() {
     assert_eq!(r.steps[1].result, "used");
 
     // Not for writes.
-    let r = resolve(&config, &resolver, Method::POST, Some("torvalds"), Some("linux")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::POST,
+        Some("torvalds"),
+        Some("linux"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::None, Reason::NoCredential);
     assert_eq!(r.steps[1].result, "not_applicable");
 }
@@ -113,7 +134,11 @@ async fn owner_outside_allowed_installation_owners_falls_back_to_pat() {
     let r = resolve(&config, &resolver, Method::GET, Some("globex"), Some("x")).await;
     assert_decision(&r, CredentialKind::Pat, Reason::OwnerNotAllowed);
     assert_eq!(r.token.unwrap().expose(), PAT);
-    assert_eq!(fake.lookup_count(), 0, "an excluded owner is never looked up");
+    assert_eq!(
+        fake.lookup_count(),
+        0,
+        "an excluded owner is never looked up"
+    );
 }
 
 #[tokio::test]
@@ -156,11 +181,22 @@ async fn suspended_installation_falls_back_to_pat_and_wins_over_not_installed() 
             .app(TestApp::new(APP2, APP2_KEY))
             .build(),
     );
-    let r = resolve(&config, &resolver, Method::GET, Some("acme"), Some("widgets")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("acme"),
+        Some("widgets"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::Pat, Reason::Suspended);
     assert_eq!(r.steps[0].reason, Some(Reason::NotInstalled));
     assert_eq!(r.steps[1].reason, Some(Reason::Suspended));
-    assert_eq!(fake.mint_count(), 0, "a suspended installation is not minted for");
+    assert_eq!(
+        fake.mint_count(),
+        0,
+        "a suspended installation is not minted for"
+    );
 }
 
 #[tokio::test]
@@ -191,9 +227,23 @@ async fn repo_outside_selection_falls_back_to_pat_and_is_rechecked_after_the_int
     );
     let resolver = Resolver::new(Arc::new(github), false);
 
-    let r = resolve(&config, &resolver, Method::GET, Some("acme"), Some("widgets")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("acme"),
+        Some("widgets"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::App, Reason::Installed);
-    let r = resolve(&config, &resolver, Method::GET, Some("acme"), Some("gadgets")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("acme"),
+        Some("gadgets"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::Pat, Reason::RepoNotSelected);
     // Listing the repositories used the installation token (FakeGitHub checks it).
     assert_eq!(fake.calls("/installation/repositories"), 1);
@@ -201,7 +251,14 @@ async fn repo_outside_selection_falls_back_to_pat_and_is_rechecked_after_the_int
     // The repo is added; within the interval the cached answer stands.
     fake.set_selected_repos(678, &["widgets", "gadgets"]);
     let started = tokio::time::Instant::now();
-    let r = resolve(&config, &resolver, Method::GET, Some("acme"), Some("gadgets")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("acme"),
+        Some("gadgets"),
+    )
+    .await;
     if started.elapsed() < recheck {
         assert_decision(&r, CredentialKind::Pat, Reason::RepoNotSelected);
         assert_eq!(fake.calls("/installation/repositories"), 1);
@@ -209,7 +266,14 @@ async fn repo_outside_selection_falls_back_to_pat_and_is_rechecked_after_the_int
     // Past the interval, one re-fetch finds it. (Sleeping here moves time past the interval;
     // it does not wait for a condition.)
     tokio::time::sleep(recheck).await;
-    let r = resolve(&config, &resolver, Method::GET, Some("acme"), Some("gadgets")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("acme"),
+        Some("gadgets"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::App, Reason::Installed);
     assert_eq!(fake.calls("/installation/repositories"), 2);
 }
@@ -228,7 +292,14 @@ async fn github_failure_is_app_error_with_githubs_message() {
             .app(TestApp::new(APP1, WRONG_KEY))
             .build(),
     );
-    let r = resolve(&config, &resolver, Method::GET, Some("acme"), Some("widgets")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("acme"),
+        Some("widgets"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::Pat, Reason::AppError);
     let detail = r.steps[0].detail.clone().unwrap();
     assert!(
@@ -244,13 +315,33 @@ async fn github_failure_is_app_error_with_githubs_message() {
             .build(),
     );
     fake.fail_mints(500, 1);
-    let r = resolve(&config, &resolver, Method::GET, Some("acme"), Some("widgets")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("acme"),
+        Some("widgets"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::Pat, Reason::AppError);
-    assert!(r.steps[0].detail.as_deref().unwrap().contains("Fake failure 500"));
+    assert!(
+        r.steps[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("Fake failure 500")
+    );
     let stats = resolver.github().token_stats();
     assert!(stats.mints.contains(&((APP1, "error"), 1)), "{stats:?}");
     // The next request mints again and is served by the App.
-    let r = resolve(&config, &resolver, Method::GET, Some("acme"), Some("widgets")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("acme"),
+        Some("widgets"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::App, Reason::Installed);
 }
 
@@ -258,7 +349,14 @@ async fn github_failure_is_app_error_with_githubs_message() {
 async fn integration_without_apps_uses_pat_with_no_app() {
     let fake = FakeGitHub::builder().start().await;
     let (config, resolver) = support::resolver(TestConfig::new(&fake).token(PAT).build());
-    let r = resolve(&config, &resolver, Method::GET, Some("acme"), Some("widgets")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("acme"),
+        Some("widgets"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::Pat, Reason::NoApp);
     assert_eq!(r.token.unwrap().expose(), PAT);
 }
@@ -312,9 +410,19 @@ async fn no_credential_is_refused_with_a_message_saying_what_to_do() {
         .installation(APP1, 678, "globex")
         .start()
         .await;
-    let (config, resolver) =
-        support::resolver(TestConfig::new(&fake).app(TestApp::new(APP1, APP1_KEY)).build());
-    let r = resolve(&config, &resolver, Method::GET, Some("acme"), Some("widgets")).await;
+    let (config, resolver) = support::resolver(
+        TestConfig::new(&fake)
+            .app(TestApp::new(APP1, APP1_KEY))
+            .build(),
+    );
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("acme"),
+        Some("widgets"),
+    )
+    .await;
     assert_decision(&r, CredentialKind::None, Reason::NoCredential);
     assert!(r.token.is_none());
     assert_eq!(
@@ -347,7 +455,14 @@ async fn debug_output_never_shows_a_secret() {
             .app(TestApp::new(APP1, APP1_KEY))
             .build(),
     );
-    let r = resolve(&config, &resolver, Method::GET, Some("acme"), Some("widgets")).await;
+    let r = resolve(
+        &config,
+        &resolver,
+        Method::GET,
+        Some("acme"),
+        Some("widgets"),
+    )
+    .await;
     let token = r.token.clone().unwrap();
     let shown = format!("{r:?} {:?} {resolver:?} {token:?}", resolver.github());
     assert!(!shown.contains(token.expose()), "{shown}");

@@ -24,8 +24,11 @@ async fn thousand_concurrent_first_requests_mint_once_and_look_up_once() {
         .await;
     // A slow mint keeps every request in flight while the first one mints.
     fake.set_mint_delay(Duration::from_millis(200));
-    let (config, resolver) =
-        support::resolver(TestConfig::new(&fake).app(TestApp::new(APP1, APP1_KEY)).build());
+    let (config, resolver) = support::resolver(
+        TestConfig::new(&fake)
+            .app(TestApp::new(APP1, APP1_KEY))
+            .build(),
+    );
     let resolver = Arc::new(resolver);
     let tasks: Vec<_> = (0..1000)
         .map(|i| {
@@ -42,7 +45,10 @@ async fn thousand_concurrent_first_requests_mint_once_and_look_up_once() {
     let mut hashes = HashSet::new();
     for task in tasks {
         let r = task.await.unwrap();
-        assert_eq!((r.credential, r.reason), (CredentialKind::App, Reason::Installed));
+        assert_eq!(
+            (r.credential, r.reason),
+            (CredentialKind::App, Reason::Installed)
+        );
         hashes.insert(r.token.unwrap().hashed().clone());
     }
     assert_eq!(hashes.len(), 1, "every request got the same token");
@@ -62,8 +68,11 @@ async fn evict_token_makes_the_next_request_mint_and_reports_its_age() {
         .installation(APP1, 678, "acme")
         .start()
         .await;
-    let (config, resolver) =
-        support::resolver(TestConfig::new(&fake).app(TestApp::new(APP1, APP1_KEY)).build());
+    let (config, resolver) = support::resolver(
+        TestConfig::new(&fake)
+            .app(TestApp::new(APP1, APP1_KEY))
+            .build(),
+    );
     let integration = &config.integrations[0];
     let first = resolver
         .resolve(integration, &Method::GET, Some("acme"), Some("w"))
@@ -98,8 +107,11 @@ async fn mint_answered_404_drops_the_cached_installation() {
         .installation(APP1, 678, "acme")
         .start()
         .await;
-    let (config, resolver) =
-        support::resolver(TestConfig::new(&fake).app(TestApp::new(APP1, APP1_KEY)).build());
+    let (config, resolver) = support::resolver(
+        TestConfig::new(&fake)
+            .app(TestApp::new(APP1, APP1_KEY))
+            .build(),
+    );
     let integration = &config.integrations[0];
     let r = resolver
         .resolve(integration, &Method::GET, Some("acme"), Some("w"))
@@ -114,14 +126,22 @@ async fn mint_answered_404_drops_the_cached_installation() {
         .resolve(integration, &Method::GET, Some("acme"), Some("w"))
         .await;
     assert_eq!(r.credential, CredentialKind::None);
-    assert_eq!(r.steps[0].reason, Some(Reason::NotInstalled), "{:#?}", r.steps);
+    assert_eq!(
+        r.steps[0].reason,
+        Some(Reason::NotInstalled),
+        "{:#?}",
+        r.steps
+    );
     assert_eq!(fake.calls("POST /app/installations/678/access_tokens"), 2);
 
     // The next request looks the installation up again and finds the new one.
     let r = resolver
         .resolve(integration, &Method::GET, Some("acme"), Some("w"))
         .await;
-    assert_eq!((r.reason, r.installation_id), (Reason::Installed, Some(999)));
+    assert_eq!(
+        (r.reason, r.installation_id),
+        (Reason::Installed, Some(999))
+    );
     assert_eq!(fake.lookup_count(), 2);
 }
 
@@ -136,8 +156,11 @@ async fn installation_lookup_and_repo_list_follow_link_pagination() {
         .page_size(1)
         .start()
         .await;
-    let (config, resolver) =
-        support::resolver(TestConfig::new(&fake).app(TestApp::new(APP1, APP1_KEY)).build());
+    let (config, resolver) = support::resolver(
+        TestConfig::new(&fake)
+            .app(TestApp::new(APP1, APP1_KEY))
+            .build(),
+    );
     let r = resolver
         .resolve(
             &config.integrations[0],

@@ -59,12 +59,13 @@ impl fmt::Debug for AppJwt {
 impl AppJwt {
     /// Parses the PEM private key once (startup).
     pub fn new(app_id: u64, private_key: &SecretString) -> Result<Self, TokenError> {
-        let key = EncodingKey::from_rsa_pem(private_key.expose_secret().as_bytes()).map_err(
-            |err| TokenError::Key {
-                app_id,
-                message: err.to_string(),
-            },
-        )?;
+        let key =
+            EncodingKey::from_rsa_pem(private_key.expose_secret().as_bytes()).map_err(|err| {
+                TokenError::Key {
+                    app_id,
+                    message: err.to_string(),
+                }
+            })?;
         Ok(AppJwt {
             app_id,
             key,
@@ -110,12 +111,11 @@ impl AppJwt {
             exp: (unix + LIFETIME).as_secs(),
             iss: self.app_id.to_string(),
         };
-        let jwt = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key).map_err(
-            |err| TokenError::Key {
+        let jwt = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
+            .map_err(|err| TokenError::Key {
                 app_id: self.app_id,
                 message: format!("cannot sign the App JWT: {err}"),
-            },
-        )?;
+            })?;
         self.signatures.fetch_add(1, Ordering::Relaxed);
         let mut header =
             HeaderValue::from_str(&format!("Bearer {jwt}")).map_err(|_| TokenError::Key {
@@ -177,7 +177,10 @@ mod tests {
         let iat = data.claims["iat"].as_u64().unwrap();
         let exp = data.claims["exp"].as_u64().unwrap();
         assert_eq!(exp - iat, 600);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert!(iat <= now - 59, "iat is backdated");
     }
 

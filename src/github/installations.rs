@@ -131,7 +131,11 @@ impl Installations {
 
     /// The installation on `owner` (case-insensitive), `None` when the App is not installed there.
     /// `fetch` lists every installation; it runs only when the cache cannot answer.
-    pub async fn lookup<F, Fut>(&self, owner: &str, fetch: F) -> Result<Option<Installation>, TokenError>
+    pub async fn lookup<F, Fut>(
+        &self,
+        owner: &str,
+        fetch: F,
+    ) -> Result<Option<Installation>, TokenError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<Installation>, TokenError>>,
@@ -160,7 +164,10 @@ impl Installations {
         Fut: Future<Output = Result<Vec<Installation>, TokenError>>,
     {
         let seen = self.current();
-        if seen.age(Instant::now()).is_some_and(|age| age < self.policy.list_ttl) {
+        if seen
+            .age(Instant::now())
+            .is_some_and(|age| age < self.policy.list_ttl)
+        {
             return Ok(seen.list.clone());
         }
         let _guard = self.refresh.lock().await;
@@ -201,17 +208,23 @@ impl Installations {
     /// Whether `repo` is among the repositories of the `selected` installation `id`. A repo not
     /// in the cached list is re-fetched at most once per 60 s before answering `false`; the
     /// list is trusted at most 10 minutes.
-    pub async fn repo_selected<F, Fut>(&self, id: u64, repo: &str, fetch: F) -> Result<bool, TokenError>
+    pub async fn repo_selected<F, Fut>(
+        &self,
+        id: u64,
+        repo: &str,
+        fetch: F,
+    ) -> Result<bool, TokenError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<String>, TokenError>>,
     {
         let repo = repo.to_ascii_lowercase();
         let seen = self.repos.get(&id).map(|r| r.clone());
-        if let Some(list) = &seen {
-            if let Some(answer) = self.repo_answer(list, &repo, Instant::now()) {
-                return Ok(answer);
-            }
+        if let Some(answer) = seen
+            .as_ref()
+            .and_then(|list| self.repo_answer(list, &repo, Instant::now()))
+        {
+            return Ok(answer);
         }
         let lock = self
             .repo_locks

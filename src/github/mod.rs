@@ -536,7 +536,11 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 fn github_error(context: &str, status: StatusCode, body: &[u8]) -> TokenError {
     let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| {
             status
                 .canonical_reason()

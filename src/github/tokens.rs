@@ -188,7 +188,8 @@ where
                     }
                     Err(err) => {
                         tracing::warn!("background token refresh failed: {err}");
-                        let mut retry = flight.retry_after.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut retry =
+                            flight.retry_after.lock().unwrap_or_else(|p| p.into_inner());
                         *retry = Some(Instant::now() + REFRESH_RETRY);
                     }
                 }
@@ -256,10 +257,18 @@ mod tests {
             let token = cache.get(&1, mint.mint()).await.unwrap();
             assert!(!token.expose().is_empty());
             if first {
-                assert_eq!(before.elapsed(), Duration::from_secs(1), "first waits for a mint");
+                assert_eq!(
+                    before.elapsed(),
+                    Duration::from_secs(1),
+                    "first waits for a mint"
+                );
                 first = false;
             } else {
-                assert_eq!(before.elapsed(), Duration::ZERO, "no request waits after the first");
+                assert_eq!(
+                    before.elapsed(),
+                    Duration::ZERO,
+                    "no request waits after the first"
+                );
             }
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
@@ -296,7 +305,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await; // 59 s left
         let before = Instant::now();
         assert_eq!(cache.get(&1, mint.mint()).await.unwrap().expose(), "tok-2");
-        assert_eq!(before.elapsed(), Duration::from_secs(1), "waited for the mint");
+        assert_eq!(
+            before.elapsed(),
+            Duration::from_secs(1),
+            "waited for the mint"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,9 +19,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -121,7 +119,11 @@ impl FakeGitHubBuilder {
     }
 
     pub fn suspended(mut self, installation_id: u64) -> Self {
-        for i in self.installations.iter_mut().filter(|i| i.id == installation_id) {
+        for i in self
+            .installations
+            .iter_mut()
+            .filter(|i| i.id == installation_id)
+        {
             i.suspended = true;
         }
         self
@@ -129,7 +131,11 @@ impl FakeGitHubBuilder {
 
     /// Makes the installation `repository_selection: selected` with these repositories.
     pub fn selected_repos(mut self, installation_id: u64, repos: &[&str]) -> Self {
-        for i in self.installations.iter_mut().filter(|i| i.id == installation_id) {
+        for i in self
+            .installations
+            .iter_mut()
+            .filter(|i| i.id == installation_id)
+        {
             i.selected_repos = Some(repos.iter().map(|r| r.to_string()).collect());
         }
         self
@@ -383,7 +389,11 @@ fn tls() -> (tokio_rustls::TlsAcceptor, String) {
     )
 }
 
-async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, state: Arc<Mutex<State>>) {
+async fn serve(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<Mutex<State>>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -519,7 +529,13 @@ fn query_param(query: Option<&str>, name: &str) -> Option<usize> {
 }
 
 /// One page of `items`, with GitHub's `Link` header when more follow.
-fn paginate(state: &State, path: &str, query: Option<&str>, items: Vec<Value>, wrap: impl Fn(Vec<Value>, usize) -> Value) -> Reply {
+fn paginate(
+    state: &State,
+    path: &str,
+    query: Option<&str>,
+    items: Vec<Value>,
+    wrap: impl Fn(Vec<Value>, usize) -> Value,
+) -> Reply {
     let per_page = query_param(query, "per_page")
         .unwrap_or(30)
         .clamp(1, 100)
@@ -539,9 +555,7 @@ fn paginate(state: &State, path: &str, query: Option<&str>, items: Vec<Value>, w
             base = state.base,
             next = page + 1,
         );
-        response
-            .headers_mut()
-            .insert("link", link.parse().unwrap());
+        response.headers_mut().insert("link", link.parse().unwrap());
     }
     response
 }
@@ -582,7 +596,10 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
     };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let is_mint = method == Method::POST
-        && matches!(segments.as_slice(), ["app", "installations", _, "access_tokens"]);
+        && matches!(
+            segments.as_slice(),
+            ["app", "installations", _, "access_tokens"]
+        );
     if is_mint && !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -603,15 +620,13 @@ fn route(
         Auth::Jwt(app) => Some(*app),
         _ => None,
     };
-    let needs_jwt = || {
-        message(
-            401,
-            "A JSON web token could not be decoded",
-        )
-    };
+    let needs_jwt = || message(401, "A JSON web token could not be decoded");
     match (method.clone(), segments) {
         (Method::GET, ["app"]) => match jwt_app {
-            Some(app) => reply(200, json!({"id": app, "slug": format!("app-{app}"), "name": format!("App {app}")})),
+            Some(app) => reply(
+                200,
+                json!({"id": app, "slug": format!("app-{app}"), "name": format!("App {app}")}),
+            ),
             None => needs_jwt(),
         },
         (Method::GET, ["app", "installations"]) => match jwt_app {
@@ -643,13 +658,21 @@ fn route(
                 return needs_jwt();
             };
             if let Some((status, left)) = s.fail_mints {
-                s.fail_mints = if left > 1 { Some((status, left - 1)) } else { None };
+                s.fail_mints = if left > 1 {
+                    Some((status, left - 1))
+                } else {
+                    None
+                };
                 return message(status, &format!("Fake failure {status}"));
             }
             let Some(inst) = id
                 .parse::<u64>()
                 .ok()
-                .and_then(|id| s.installations.iter().find(|i| i.id == id && i.app_id == app))
+                .and_then(|id| {
+                    s.installations
+                        .iter()
+                        .find(|i| i.id == id && i.app_id == app)
+                })
                 .cloned()
             else {
                 return message(404, "Not Found");
@@ -701,9 +724,13 @@ fn route(
                     })
                 })
                 .collect();
-            paginate(s, path, query, items, |page, total| {
-                json!({"total_count": total, "repositories": page})
-            })
+            paginate(
+                s,
+                path,
+                query,
+                items,
+                |page, total| json!({"total_count": total, "repositories": page}),
+            )
         }
         (Method::GET, ["rate_limit"]) => match auth {
             Auth::Invalid | Auth::Jwt(_) => message(401, "Bad credentials"),
@@ -734,7 +761,10 @@ mod tests {
 
     #[test]
     fn glob_matches_stars() {
-        assert!(glob("/app/installations/*/access_tokens", "/app/installations/12/access_tokens"));
+        assert!(glob(
+            "/app/installations/*/access_tokens",
+            "/app/installations/12/access_tokens"
+        ));
         assert!(!glob("/app/installations", "/app/installations/12"));
         assert!(glob("POST /app/*", "POST /app/x"));
     }
