@@ -418,7 +418,11 @@ impl Subst<'_, '_> {
     }
 
     /// `{ $env: VAR }` or `{ $file: path }`.
-    fn reference(&mut self, map: Map<String, Value>, path: &str) -> Result<Option<String>, ConfigError> {
+    fn reference(
+        &mut self,
+        map: Map<String, Value>,
+        path: &str,
+    ) -> Result<Option<String>, ConfigError> {
         if map.len() != 1 {
             return Err(invalid(
                 path,
@@ -445,12 +449,9 @@ impl Subst<'_, '_> {
                 return Err(invalid(format!("{path}.$file"), "expected a file path"));
             };
             let full = resolve_relative(self.base_dir, file);
-            std::fs::read_to_string(&full).map(Some).map_err(|e| {
-                invalid(
-                    path,
-                    format!("cannot read $file {}: {e}", full.display()),
-                )
-            })
+            std::fs::read_to_string(&full)
+                .map(Some)
+                .map_err(|e| invalid(path, format!("cannot read $file {}: {e}", full.display())))
         } else {
             Ok(None)
         }
@@ -714,7 +715,7 @@ fn implicit_github_com() -> Result<Integration, ConfigError> {
 /// Backstage's `isValidHost`: what `new URL('http://x').host = host` keeps unchanged, i.e. a
 /// lowercase host name or IP with an optional port and nothing else.
 fn is_valid_host(host: &str) -> bool {
-    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+    let port = if let Some(rest) = host.strip_prefix('[') {
         let Some((inner, after)) = rest.split_once(']') else {
             return false;
         };
@@ -726,9 +727,9 @@ fn is_valid_host(host: &str) -> bool {
             return false;
         }
         match after {
-            "" => (inner, None),
+            "" => None,
             _ => match after.strip_prefix(':') {
-                Some(port) => (inner, Some(port)),
+                Some(port) => Some(port),
                 None => return false,
             },
         }
@@ -741,15 +742,14 @@ fn is_valid_host(host: &str) -> bool {
             && !name.starts_with('.')
             && !name.ends_with('.')
             && !name.contains("..")
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_');
+            && name.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_'
+            });
         if !name_ok {
             return false;
         }
-        (name, port)
+        port
     };
-    let _ = name;
     match port {
         None => true,
         Some(p) => {
@@ -855,12 +855,10 @@ fn parse_integration(index: usize, v: &Value) -> Result<Integration, ConfigError
         path_prefix: String::new(),
     };
     let graphql = graphql_origin(&api);
-    let token = node
-        .secret("token")?
-        .and_then(|t| {
-            let trimmed = t.expose_secret().trim();
-            (!trimmed.is_empty()).then(|| SecretString::from(trimmed.to_string()))
-        });
+    let token = node.secret("token")?.and_then(|t| {
+        let trimmed = t.expose_secret().trim();
+        (!trimmed.is_empty()).then(|| SecretString::from(trimmed.to_string()))
+    });
     let apps = match node.list("apps")? {
         None => Vec::new(),
         Some(items) => items
@@ -884,7 +882,12 @@ fn parse_integration(index: usize, v: &Value) -> Result<Integration, ConfigError
 fn parse_app(v: &Value, path: &str) -> Result<AppConfig, ConfigError> {
     let node = Node::new(v, path)?;
     let app_id = match node.get("appId") {
-        None => return Err(invalid(node.key("appId"), "required (the App's numeric ID)")),
+        None => {
+            return Err(invalid(
+                node.key("appId"),
+                "required (the App's numeric ID)",
+            ));
+        }
         Some(Value::Number(n)) => n.as_u64(),
         Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
         Some(other) => return Err(expected(&node.key("appId"), "a number", other)),
@@ -911,9 +914,14 @@ fn parse_app(v: &Value, path: &str) -> Result<AppConfig, ConfigError> {
     let client_id = node.string("clientId")?;
     let client_secret = node.secret("clientSecret")?;
     // `webhookSecret` is accepted (Backstage configs have it) and deliberately not kept.
-    let allowed_installation_owners = node
-        .string_list("allowedInstallationOwners")?
-        .map(|owners| owners.iter().map(|o| o.trim().to_ascii_lowercase()).collect());
+    let allowed_installation_owners =
+        node.string_list("allowedInstallationOwners")?
+            .map(|owners| {
+                owners
+                    .iter()
+                    .map(|o| o.trim().to_ascii_lowercase())
+                    .collect()
+            });
     let public_access = node.bool("publicAccess")?.unwrap_or(false);
     Ok(AppConfig {
         app_id,
@@ -938,9 +946,13 @@ fn check_private_key(key: &SecretString, path: &str) -> Result<(), ConfigError> 
     let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(key.expose_secret().as_bytes())
         .map_err(|_| bad())?;
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    jsonwebtoken::encode(&header, &serde_json::json!({ "iss": "config-check" }), &encoding)
-        .map(|_| ())
-        .map_err(|_| bad())
+    jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({ "iss": "config-check" }),
+        &encoding,
+    )
+    .map(|_| ())
+    .map_err(|_| bad())
 }
 
 const PROXY_KEYS: &[&str] = &[
@@ -960,7 +972,11 @@ const PROXY_KEYS: &[&str] = &[
     "headerReadTimeoutMs",
 ];
 
-fn parse_listen(value: Option<String>, key: &str, default: &str) -> Result<SocketAddr, ConfigError> {
+fn parse_listen(
+    value: Option<String>,
+    key: &str,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
     let text = value.unwrap_or_else(|| default.to_string());
     text.trim().parse::<SocketAddr>().map_err(|_| {
         invalid(
@@ -989,7 +1005,11 @@ fn parse_proxy(
     let node = Node::new(v, "proxy")?;
     node.only(PROXY_KEYS)?;
 
-    let listen = parse_listen(node.string("listen")?, &node.key("listen"), "127.0.0.1:8080")?;
+    let listen = parse_listen(
+        node.string("listen")?,
+        &node.key("listen"),
+        "127.0.0.1:8080",
+    )?;
     let public_url = match node.string("publicUrl")? {
         None => None,
         Some(url) => {
@@ -1039,7 +1059,10 @@ fn parse_proxy(
         if clients[..i].iter().any(|c| c.name == client.name) {
             return Err(invalid(
                 format!("proxy.clients[{i}].name"),
-                format!("duplicate client name '{}'; names must be unique", client.name),
+                format!(
+                    "duplicate client name '{}'; names must be unique",
+                    client.name
+                ),
             ));
         }
     }
@@ -1118,8 +1141,9 @@ fn parse_proxy(
     let max_connections = match node.uint("maxConnections")? {
         None => 10_000,
         Some(0) => return Err(invalid(node.key("maxConnections"), "must be at least 1")),
-        Some(n) => usize::try_from(n)
-            .map_err(|_| invalid(node.key("maxConnections"), "is too large"))?,
+        Some(n) => {
+            usize::try_from(n).map_err(|_| invalid(node.key("maxConnections"), "is too large"))?
+        }
     };
     let header_read_timeout = positive_ms(&node, "headerReadTimeoutMs", 10_000)?;
 
@@ -1154,7 +1178,14 @@ fn parse_proxy(
     })
 }
 
-const CLIENT_KEYS: &[&str] = &["name", "key", "keySha256", "allow", "methods", "credentials"];
+const CLIENT_KEYS: &[&str] = &[
+    "name",
+    "key",
+    "keySha256",
+    "allow",
+    "methods",
+    "credentials",
+];
 
 /// Methods a client may be limited to. `CONNECT` is never served (§4), so it is not listed.
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -1236,7 +1267,10 @@ fn parse_client(v: &Value, path: &str, notes: &Notes) -> Result<ClientConfig, Co
                         ));
                     }
                     http::Method::from_bytes(upper.as_bytes()).map_err(|_| {
-                        invalid(format!("{}[{i}]", node.key("methods")), "not an HTTP method")
+                        invalid(
+                            format!("{}[{i}]", node.key("methods")),
+                            "not an HTTP method",
+                        )
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
@@ -1258,7 +1292,10 @@ fn parse_client(v: &Value, path: &str, notes: &Notes) -> Result<ClientConfig, Co
                 "anonymous" => Ok(CredentialKind::Anonymous),
                 _ => Err(invalid(
                     format!("{}[{i}]", node.key("credentials")),
-                    format!("'{}' is not a credential kind (one of: app, pat, anonymous)", c.trim()),
+                    format!(
+                        "'{}' is not a credential kind (one of: app, pat, anonymous)",
+                        c.trim()
+                    ),
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?,
@@ -1282,4 +1319,713 @@ fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const KEY_PEM: &str = include_str!("../tests/fixtures/app1.key.pem");
+
+    fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_with(yaml: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env_of(pairs);
+        Config::from_yaml_with(yaml, Path::new("."), &|k| env.get(k).cloned())
+    }
+
+    fn err(yaml: &str) -> String {
+        Config::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    /// The key as a YAML double-quoted scalar with `\n` escapes (one line).
+    fn key_inline() -> String {
+        KEY_PEM.trim_end().replace('\n', "\\n")
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_document() {
+        let c = Config::from_yaml("").unwrap();
+        assert_eq!(c.integrations.len(), 1);
+        let gh = &c.integrations[0];
+        assert_eq!(gh.index, 0);
+        assert_eq!(gh.host, "github.com");
+        assert_eq!(gh.api.base_url(), "https://api.github.com");
+        assert_eq!(
+            gh.raw.as_ref().unwrap().base_url(),
+            "https://raw.githubusercontent.com"
+        );
+        assert_eq!(gh.web.base_url(), "https://github.com");
+        assert_eq!(gh.web.kind, OriginKind::Web);
+        assert!(gh.token.is_none());
+        assert!(gh.apps.is_empty());
+        let p = &c.proxy;
+        assert_eq!(p.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(p.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(p.audit, AuditSink::Stdout);
+        assert_eq!(p.public_url, None);
+        assert_eq!(p.default_host, 0);
+        assert_eq!(p.default_owner, None);
+        assert!(!p.allow_anonymous);
+        assert!(!p.allow_unauthenticated_clients);
+        assert!(p.clients.is_empty());
+        assert_eq!(p.upstream.ca_file, None);
+        assert_eq!(p.upstream.connect_timeout, Duration::from_millis(10_000));
+        assert_eq!(p.upstream.response_timeout, Duration::from_millis(60_000));
+        assert_eq!(p.refresh_before_expiry, Duration::from_secs(600));
+        assert_eq!(p.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(p.max_connections, 10_000);
+        assert_eq!(p.header_read_timeout, Duration::from_millis(10_000));
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn implicit_github_com_when_integrations_absent() {
+        let c = Config::from_yaml("app:\n  title: x\nproxy: {}\n").unwrap();
+        assert_eq!(c.integrations.len(), 1);
+        assert_eq!(c.default_integration().host, "github.com");
+    }
+
+    #[test]
+    fn proxy_values_are_read() {
+        let c = Config::from_yaml(
+            r#"
+proxy:
+  listen: "[::1]:8081"
+  publicUrl: https://proxy.example.com/
+  defaultOwner: acme
+  allowAnonymous: true
+  admin: { listen: null }
+  audit: { path: /var/log/audit.jsonl }
+  upstream: { caFile: /etc/ca.pem, connectTimeoutMs: 500, responseTimeoutMs: 2000 }
+  tokens: { refreshBeforeExpirySeconds: 300 }
+  shutdownGraceSeconds: 5
+  maxConnections: 7
+  headerReadTimeoutMs: 1500
+"#,
+        )
+        .unwrap();
+        let p = &c.proxy;
+        assert_eq!(p.listen, "[::1]:8081".parse().unwrap());
+        assert_eq!(p.public_url.as_deref(), Some("https://proxy.example.com"));
+        assert_eq!(p.default_owner.as_deref(), Some("acme"));
+        assert!(p.allow_anonymous);
+        assert_eq!(p.admin_listen, None);
+        assert_eq!(
+            p.audit,
+            AuditSink::File(PathBuf::from("/var/log/audit.jsonl"))
+        );
+        assert_eq!(p.upstream.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(p.upstream.connect_timeout, Duration::from_millis(500));
+        assert_eq!(p.upstream.response_timeout, Duration::from_secs(2));
+        assert_eq!(p.refresh_before_expiry, Duration::from_secs(300));
+        assert_eq!(p.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(p.max_connections, 7);
+        assert_eq!(p.header_read_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn max_connections_must_be_positive() {
+        assert!(
+            err("proxy: { maxConnections: 0 }")
+                .contains("proxy.maxConnections: must be at least 1")
+        );
+    }
+
+    #[test]
+    fn rejects_invalid_hosts_like_backstage() {
+        for host in [
+            "https://ghe.acme.com",
+            "ghe.acme.com/path",
+            "GHE.acme.com",
+            "ghe.acme.com:x",
+        ] {
+            let e = err(&format!(
+                "integrations:\n  github:\n    - host: '{host}'\n      apiBaseUrl: https://ghe.acme.com/api/v3\n"
+            ));
+            assert_eq!(
+                e,
+                format!(
+                    "integrations.github[0].host: Invalid GitHub integration config, '{host}' is not a valid host"
+                )
+            );
+        }
+        let ok = Config::from_yaml(
+            "integrations:\n  github:\n    - host: ghe.acme.com:8443\n      apiBaseUrl: https://ghe.acme.com:8443/api/v3\n",
+        )
+        .unwrap();
+        assert_eq!(ok.integrations[0].host, "ghe.acme.com:8443");
+    }
+
+    #[test]
+    fn ghe_requires_api_base_url() {
+        let e = err("integrations:\n  github:\n    - host: ghe.acme.com\n");
+        assert!(
+            e.starts_with("integrations.github[0].apiBaseUrl: required"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn trims_trailing_slash_and_lowercases_authority() {
+        let c = Config::from_yaml(
+            "integrations:\n  github:\n    - host: ghe.acme.com\n      apiBaseUrl: https://GHE.acme.com/api/v3/\n      rawBaseUrl: https://ghe.acme.com/raw/\n",
+        )
+        .unwrap();
+        let i = &c.integrations[0];
+        assert_eq!(i.api.authority, "ghe.acme.com");
+        assert_eq!(i.api.path_prefix, "/api/v3");
+        assert_eq!(i.api.scheme, Scheme::Https);
+        assert_eq!(i.raw.as_ref().unwrap().path_prefix, "/raw");
+        let root = Config::from_yaml(
+            "integrations:\n  github:\n    - apiBaseUrl: http://localhost:9999/\n",
+        )
+        .unwrap();
+        assert_eq!(root.integrations[0].api.path_prefix, "");
+        assert_eq!(root.integrations[0].api.scheme, Scheme::Http);
+        assert_eq!(root.integrations[0].api.base_url(), "http://localhost:9999");
+    }
+
+    #[test]
+    fn ghe_raw_base_url_is_optional() {
+        let c = Config::from_yaml(
+            "integrations:\n  github:\n    - host: ghe.acme.com\n      apiBaseUrl: https://ghe.acme.com/api/v3\n",
+        )
+        .unwrap();
+        assert!(c.integrations[0].raw.is_none());
+    }
+
+    #[test]
+    fn rejects_api_base_url_with_query_or_bad_scheme() {
+        assert!(
+            err("integrations:\n  github:\n    - apiBaseUrl: https://api.github.com/?x=1\n")
+                .starts_with("integrations.github[0].apiBaseUrl: ")
+        );
+        assert!(
+            err("integrations:\n  github:\n    - apiBaseUrl: ftp://api.github.com\n")
+                .starts_with("integrations.github[0].apiBaseUrl: ")
+        );
+    }
+
+    #[test]
+    fn graphql_origin_for_both_shapes() {
+        let c = Config::from_yaml(
+            "integrations:\n  github:\n    - host: github.com\n    - host: ghe.acme.com\n      apiBaseUrl: https://ghe.acme.com/api/v3\n",
+        )
+        .unwrap();
+        let gh = &c.integrations[0].graphql;
+        assert_eq!(gh.kind, OriginKind::Graphql);
+        assert_eq!(gh.base_url(), "https://api.github.com/graphql");
+        assert_eq!(gh.path_prefix, "/graphql");
+        let ghe = &c.integrations[1].graphql;
+        assert_eq!(ghe.base_url(), "https://ghe.acme.com/api/graphql");
+        assert_eq!(c.integrations[1].index, 1);
+    }
+
+    #[test]
+    fn token_is_trimmed_and_blank_means_none() {
+        let c = Config::from_yaml(
+            "integrations:\n  github:\n    - token: '  ghp_abc  '\n    - host: ghe.acme.com\n      apiBaseUrl: https://ghe.acme.com/api/v3\n      token: '   '\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.integrations[0].token.as_ref().unwrap().expose_secret(),
+            "ghp_abc"
+        );
+        assert!(c.integrations[1].token.is_none());
+    }
+
+    #[test]
+    fn app_with_numeric_string_id_and_escaped_newlines() {
+        let yaml = format!(
+            "integrations:\n  github:\n    - apps:\n        - appId: '12345'\n          privateKey: '{}'\n          clientId: Iv1.abc\n          clientSecret: shh\n          webhookSecret: whsec\n          allowedInstallationOwners: [Acme, OTHER]\n          publicAccess: true\n",
+            key_inline()
+        );
+        // Single-quoted YAML keeps `\n` as a literal backslash-n, as it arrives from an env var.
+        assert!(yaml.contains("-----\\nMII"));
+        let c = Config::from_yaml(&yaml).unwrap();
+        let app = &c.integrations[0].apps[0];
+        assert_eq!(app.app_id, 12345);
+        assert!(
+            app.private_key
+                .expose_secret()
+                .starts_with("-----BEGIN RSA PRIVATE KEY-----\n")
+        );
+        assert!(!app.private_key.expose_secret().contains("\\n"));
+        assert_eq!(app.client_id.as_deref(), Some("Iv1.abc"));
+        assert_eq!(app.client_secret.as_ref().unwrap().expose_secret(), "shh");
+        assert_eq!(
+            app.allowed_installation_owners,
+            Some(vec!["acme".to_string(), "other".to_string()])
+        );
+        assert!(app.allows_owner("ACME"));
+        assert!(!app.allows_owner("someone"));
+        assert!(app.public_access);
+    }
+
+    #[test]
+    fn app_id_as_number_and_defaults() {
+        let env = env_of(&[("KEY", KEY_PEM)]);
+        let c = Config::from_yaml_with(
+            "integrations:\n  github:\n    - apps:\n        - appId: 42\n          privateKey: ${KEY}\n",
+            Path::new("."),
+            &|k| env.get(k).cloned(),
+        )
+        .unwrap();
+        let app = &c.integrations[0].apps[0];
+        assert_eq!(app.app_id, 42);
+        assert!(!app.public_access);
+        assert_eq!(app.allowed_installation_owners, None);
+        assert!(app.client_secret.is_none());
+    }
+
+    #[test]
+    fn bad_private_key_names_the_key_and_hides_its_text() {
+        let yaml = format!(
+            "integrations:\n  github:\n    - apps:\n        - appId: 1\n          privateKey: \"{}\"\n",
+            key_inline()
+        );
+        let ok = Config::from_yaml(&yaml);
+        assert!(ok.is_ok());
+        // Corrupt the body: valid PEM armour, garbage DER.
+        let broken = yaml.replacen("MII", "MIX", 1);
+        let e = Config::from_yaml(&broken).unwrap_err().to_string();
+        assert!(
+            e.starts_with("integrations.github[0].apps[0].privateKey: not a PEM RSA private key"),
+            "{e}"
+        );
+        assert!(!e.contains("MIX"));
+        let e = err(
+            "integrations:\n  github:\n    - apps:\n        - appId: 1\n          privateKey: SECRETKEYTEXT\n",
+        );
+        assert!(
+            e.contains("integrations.github[0].apps[0].privateKey"),
+            "{e}"
+        );
+        assert!(!e.contains("SECRETKEYTEXT"));
+    }
+
+    #[test]
+    fn bad_app_id_is_an_error() {
+        let e = err(
+            "integrations:\n  github:\n    - apps:\n        - appId: abc\n          privateKey: x\n",
+        );
+        assert!(
+            e.starts_with("integrations.github[0].apps[0].appId: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_proxy_key_names_full_path() {
+        assert!(
+            err("proxy:\n  upstream:\n    caFil: x\n")
+                .starts_with("proxy.upstream.caFil: unknown key")
+        );
+        assert!(err("proxy:\n  lisen: 1\n").starts_with("proxy.lisen: unknown key"));
+        assert!(
+            err("proxy:\n  clients:\n    - name: a\n      key: k\n      alow: ['*']\n")
+                .starts_with("proxy.clients[0].alow: unknown key")
+        );
+    }
+
+    #[test]
+    fn unknown_integration_keys_and_other_top_level_keys_are_ignored() {
+        let c = Config::from_yaml(
+            "backend:\n  baseUrl: ${UNSET_BACKEND}\nintegrations:\n  gitlab:\n    - token: ${UNSET_GITLAB}\n  github:\n    - host: github.com\n      somethingBackstageHas: 1\n",
+        )
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn duplicate_host_is_an_error() {
+        let e = err("integrations:\n  github:\n    - host: github.com\n    - host: github.com\n");
+        assert!(
+            e.starts_with("integrations.github[1].host: duplicate host 'github.com'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn substitutes_variables_and_escapes() {
+        let c = load_with(
+            "integrations:\n  github:\n    - token: ${TOKEN}\nproxy:\n  defaultOwner: '$${NOT_A_VAR}'\n  publicUrl: https://${HOST}:8443\n",
+            &[("TOKEN", "ghp_x"), ("HOST", "proxy.acme.com")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.integrations[0].token.as_ref().unwrap().expose_secret(),
+            "ghp_x"
+        );
+        assert_eq!(c.proxy.default_owner.as_deref(), Some("${NOT_A_VAR}"));
+        assert_eq!(
+            c.proxy.public_url.as_deref(),
+            Some("https://proxy.acme.com:8443")
+        );
+    }
+
+    #[test]
+    fn env_mapping_stands_for_a_string() {
+        let c = load_with(
+            "integrations:\n  github:\n    - token: { $env: TOKEN }\n",
+            &[("TOKEN", "ghp_env")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.integrations[0].token.as_ref().unwrap().expose_secret(),
+            "ghp_env"
+        );
+    }
+
+    #[test]
+    fn file_mapping_reads_relative_to_base_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token.txt"), "ghp_file\n").unwrap();
+        std::fs::write(dir.path().join("app.pem"), KEY_PEM).unwrap();
+        let c = Config::from_yaml_with(
+            "integrations:\n  github:\n    - token: { $file: token.txt }\n      apps:\n        - appId: 1\n          privateKey: { $file: app.pem }\nproxy:\n  audit: { path: audit.jsonl }\n  upstream: { caFile: ca.pem }\n",
+            dir.path(),
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.integrations[0].token.as_ref().unwrap().expose_secret(),
+            "ghp_file"
+        );
+        assert_eq!(c.integrations[0].apps.len(), 1);
+        assert_eq!(
+            c.proxy.audit,
+            AuditSink::File(dir.path().join("audit.jsonl"))
+        );
+        assert_eq!(c.proxy.upstream.ca_file, Some(dir.path().join("ca.pem")));
+    }
+
+    #[test]
+    fn unreadable_file_names_key_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Config::from_yaml_with(
+            "integrations:\n  github:\n    - token: { $file: missing.txt }\n",
+            dir.path(),
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("integrations.github[0].token: cannot read $file "),
+            "{e}"
+        );
+        assert!(e.contains("missing.txt"), "{e}");
+    }
+
+    #[test]
+    fn unset_variable_makes_key_absent_with_one_warning() {
+        let c = load_with(
+            "integrations:\n  github:\n    - token: ${GITHUB_TOKEN}\n",
+            &[],
+        )
+        .unwrap();
+        assert!(c.integrations[0].token.is_none());
+        assert_eq!(
+            c.warnings,
+            vec![
+                "GITHUB_TOKEN is not set; integrations.github[0].token is treated as absent"
+                    .to_string()
+            ]
+        );
+        let c = load_with("proxy:\n  defaultOwner: { $env: OWNER }\n", &[]).unwrap();
+        assert_eq!(c.proxy.default_owner, None);
+        assert_eq!(
+            c.warnings,
+            vec!["OWNER is not set; proxy.defaultOwner is treated as absent".to_string()]
+        );
+    }
+
+    #[test]
+    fn unterminated_variable_is_an_error_without_the_value() {
+        let e = err("integrations:\n  github:\n    - token: 'SECRET${OOPS'\n");
+        assert!(
+            e.starts_with("integrations.github[0].token: unterminated ${"),
+            "{e}"
+        );
+        assert!(!e.contains("SECRET"));
+    }
+
+    #[test]
+    fn files_deep_merge_later_wins_and_sequences_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        let b_dir = dir.path().join("overlay");
+        std::fs::create_dir(&b_dir).unwrap();
+        let b = b_dir.join("b.yaml");
+        std::fs::write(
+            &a,
+            "integrations:\n  github:\n    - host: github.com\n      token: one\n    - host: ghe.acme.com\n      apiBaseUrl: https://ghe.acme.com/api/v3\nproxy:\n  defaultOwner: acme\n  upstream: { connectTimeoutMs: 1000, responseTimeoutMs: 2000 }\n  audit: { path: a.jsonl }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &b,
+            "integrations:\n  github:\n    - host: github.com\n      token: two\nproxy:\n  upstream: { connectTimeoutMs: 3000 }\n  audit: { path: b.jsonl }\n",
+        )
+        .unwrap();
+        let c = Config::load(&[a, b], &|_| None).unwrap();
+        assert_eq!(
+            c.integrations.len(),
+            1,
+            "sequences are replaced, not merged"
+        );
+        assert_eq!(
+            c.integrations[0].token.as_ref().unwrap().expose_secret(),
+            "two"
+        );
+        assert_eq!(c.proxy.default_owner.as_deref(), Some("acme"));
+        assert_eq!(
+            c.proxy.upstream.connect_timeout,
+            Duration::from_millis(3000)
+        );
+        assert_eq!(
+            c.proxy.upstream.response_timeout,
+            Duration::from_millis(2000)
+        );
+        // Relative to the file that wrote it.
+        assert_eq!(c.proxy.audit, AuditSink::File(b_dir.join("b.jsonl")));
+    }
+
+    #[test]
+    fn unset_variable_in_overlay_keeps_the_base_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        let b = dir.path().join("b.yaml");
+        std::fs::write(&a, "proxy:\n  defaultOwner: acme\n").unwrap();
+        std::fs::write(&b, "proxy:\n  defaultOwner: ${OWNER}\n").unwrap();
+        let c = Config::load(&[a, b], &|_| None).unwrap();
+        assert_eq!(c.proxy.default_owner.as_deref(), Some("acme"));
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let e = Config::load(&[PathBuf::from("/nonexistent/x.yaml")], &|_| None).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn yaml_syntax_error_gives_position_not_content() {
+        let e = err("proxy:\n  listen: \"SECRETVALUE\n  other: [\n");
+        assert!(e.starts_with("config: invalid YAML: "), "{e}");
+        assert!(e.contains("line "), "{e}");
+        assert!(!e.contains("SECRETVALUE"), "{e}");
+    }
+
+    #[test]
+    fn default_host_picks_github_com_else_first_else_named() {
+        let ghe = "    - host: ghe.acme.com\n      apiBaseUrl: https://ghe.acme.com/api/v3\n";
+        let c = Config::from_yaml(&format!(
+            "integrations:\n  github:\n{ghe}    - host: github.com\n"
+        ))
+        .unwrap();
+        assert_eq!(c.proxy.default_host, 1);
+        assert_eq!(c.default_integration().host, "github.com");
+        let c = Config::from_yaml(&format!("integrations:\n  github:\n{ghe}")).unwrap();
+        assert_eq!(c.proxy.default_host, 0);
+        let c = Config::from_yaml(&format!(
+            "integrations:\n  github:\n    - host: github.com\n{ghe}proxy:\n  defaultHost: ghe.acme.com\n"
+        ))
+        .unwrap();
+        assert_eq!(c.default_integration().host, "ghe.acme.com");
+        let e = err("proxy:\n  defaultHost: nope.example.com\n");
+        assert!(
+            e.starts_with("proxy.defaultHost: 'nope.example.com' is not a configured"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refuses_non_loopback_listen_without_clients() {
+        let e = Config::from_yaml("proxy:\n  listen: 0.0.0.0:8080\n").unwrap_err();
+        match &e {
+            ConfigError::Invalid { key, message } => {
+                assert_eq!(key, "proxy.listen");
+                assert!(message.contains(
+                    "anyone who can reach the port could use the configured GitHub credentials"
+                ));
+                assert!(message.contains("proxy.clients"));
+                assert!(message.contains("allowUnauthenticatedClients: true"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            Config::from_yaml(
+                "proxy:\n  listen: 0.0.0.0:8080\n  allowUnauthenticatedClients: true\n"
+            )
+            .is_ok()
+        );
+        assert!(
+            Config::from_yaml(
+                "proxy:\n  listen: 0.0.0.0:8080\n  clients:\n    - { name: a, key: k }\n"
+            )
+            .is_ok()
+        );
+        assert!(Config::from_yaml("proxy:\n  listen: '[::1]:8080'\n").is_ok());
+    }
+
+    #[test]
+    fn bad_listen_address_is_an_error() {
+        assert!(
+            err("proxy:\n  listen: localhost\n")
+                .starts_with("proxy.listen: 'localhost' is not a socket address")
+        );
+        assert!(err("proxy:\n  admin: { listen: nope }\n").starts_with("proxy.admin.listen: "));
+    }
+
+    #[test]
+    fn clients_hash_keys_and_apply_defaults() {
+        let c = load_with(
+            "proxy:\n  clients:\n    - name: catalog\n      key: ${CATALOG_KEY}\n    - name: ci\n      keySha256: 2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824\n      allow: ['acme/*', acme-oss]\n      methods: [GET, head]\n      credentials: [app]\n",
+            &[("CATALOG_KEY", "hello")],
+        )
+        .unwrap();
+        let hello_sha: [u8; 32] = Sha256::digest(b"hello").into();
+        let catalog = &c.proxy.clients[0];
+        assert_eq!(catalog.name, "catalog");
+        assert_eq!(catalog.key_sha256, hello_sha);
+        assert_eq!(catalog.allow, vec!["*".to_string()]);
+        assert_eq!(catalog.methods, None);
+        assert_eq!(
+            catalog.credentials,
+            vec![
+                CredentialKind::App,
+                CredentialKind::Pat,
+                CredentialKind::Anonymous
+            ]
+        );
+        let ci = &c.proxy.clients[1];
+        assert_eq!(ci.key_sha256, hello_sha);
+        assert_eq!(ci.allow, vec!["acme/*".to_string(), "acme-oss".to_string()]);
+        assert_eq!(
+            ci.methods,
+            Some(vec![http::Method::GET, http::Method::HEAD])
+        );
+        assert_eq!(ci.credentials, vec![CredentialKind::App]);
+        assert!(!format!("{c:?}").contains("hello"));
+    }
+
+    #[test]
+    fn client_errors() {
+        let bad_method =
+            err("proxy:\n  clients:\n    - { name: a, key: k, methods: [GET, FETCH] }\n");
+        assert!(
+            bad_method.starts_with("proxy.clients[0].methods[1]: 'FETCH' is not an HTTP method"),
+            "{bad_method}"
+        );
+        let both = err("proxy:\n  clients:\n    - { name: a, key: k, keySha256: aa }\n");
+        assert!(
+            both.starts_with("proxy.clients[0]: set exactly one of key or keySha256"),
+            "{both}"
+        );
+        let neither = err("proxy:\n  clients:\n    - { name: a }\n");
+        assert!(
+            neither.starts_with("proxy.clients[0]: set exactly one"),
+            "{neither}"
+        );
+        let short = err("proxy:\n  clients:\n    - { name: a, keySha256: abc }\n");
+        assert!(
+            short.starts_with("proxy.clients[0].keySha256: expected 64 hex"),
+            "{short}"
+        );
+        let dup = err("proxy:\n  clients:\n    - { name: a, key: k }\n    - { name: a, key: j }\n");
+        assert!(
+            dup.starts_with("proxy.clients[1].name: duplicate client name 'a'"),
+            "{dup}"
+        );
+        let cred = err("proxy:\n  clients:\n    - { name: a, key: k, credentials: [none] }\n");
+        assert!(
+            cred.starts_with("proxy.clients[0].credentials[0]: "),
+            "{cred}"
+        );
+        let no_name = err("proxy:\n  clients:\n    - { key: k }\n");
+        assert!(
+            no_name.starts_with("proxy.clients[0].name: required"),
+            "{no_name}"
+        );
+    }
+
+    #[test]
+    fn client_key_from_unset_variable_is_an_error() {
+        let e = load_with(
+            "proxy:\n  clients:\n    - name: catalog\n      key: ${CATALOG_KEY}\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("proxy.clients[0].key: CATALOG_KEY is not set"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let yaml = format!(
+            "integrations:\n  github:\n    - token: ghp_CANARYTOKEN\n      apps:\n        - appId: 1\n          privateKey: \"{}\"\n          clientSecret: CANARYSECRET\n",
+            key_inline()
+        );
+        let c = Config::from_yaml(&yaml).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("CANARY"), "{debug}");
+        assert!(!debug.contains("BEGIN RSA"), "{debug}");
+    }
+
+    #[test]
+    fn no_error_message_contains_a_secret() {
+        let broken = [
+            "integrations:\n  github:\n    - token: [CANARY_TOKEN]\n",
+            "integrations:\n  github:\n    - token: { nested: CANARY_TOKEN }\n",
+            "integrations:\n  github:\n    - token: 'CANARY_TOKEN${'\n",
+            "integrations:\n  github:\n    - token: '${CANARY_TOKEN bad}'\n",
+            "integrations:\n  github:\n    - token: { $env: X, extra: CANARY_TOKEN }\n",
+            "integrations:\n  github:\n    - apps:\n        - appId: 1\n          privateKey: CANARY_PRIVATE_KEY\n",
+            "integrations:\n  github:\n    - apps:\n        - appId: 1\n          privateKey: \"-----BEGIN RSA PRIVATE KEY-----\\nCANARY_PRIVATE_KEY\\n-----END RSA PRIVATE KEY-----\"\n",
+            "integrations:\n  github:\n    - apps:\n        - appId: CANARY_APPID\n          privateKey: CANARY_PRIVATE_KEY\n",
+            "integrations:\n  github:\n    - apps:\n        - appId: 1\n          privateKey: [CANARY_PRIVATE_KEY]\n",
+            "integrations:\n  github:\n    - apps:\n        - appId: 1\n          privateKey: x\n          clientSecret: [CANARY_CLIENT_SECRET]\n          publicAccess: CANARY_BOOL\n",
+            "integrations:\n  github:\n    - apps:\n        - appId: 1\n          clientSecret: CANARY_CLIENT_SECRET\n",
+            "integrations:\n  github:\n    - apiBaseUrl: https://user:CANARY_PASSWORD@api.github.com\n",
+            "integrations:\n  github:\n    - apiBaseUrl: 'https://api.github.com/?token=CANARY_TOKEN'\n",
+            "integrations:\n  github:\n    - token: \"CANARY_TOKEN\n",
+            "integrations:\n  github:\n    - token: CANARY_TOKEN\n      token: CANARY_TOKEN2\n",
+            "proxy:\n  clients:\n    - { name: a, key: CANARY_CLIENT_KEY, keySha256: CANARY_HASH }\n",
+            "proxy:\n  clients:\n    - { name: a, keySha256: CANARY_HASH }\n",
+            "proxy:\n  clients:\n    - { name: a, key: [CANARY_CLIENT_KEY] }\n",
+            "proxy:\n  clients:\n    - { name: a, key: CANARY_CLIENT_KEY, bogus: 1 }\n",
+            "proxy:\n  allowAnonymous: CANARY_BOOL\n",
+            "proxy:\n  maxConnections: CANARY_NUMBER\n",
+        ];
+        for yaml in broken {
+            let e = Config::from_yaml(yaml).expect_err(yaml).to_string();
+            assert!(!e.contains("CANARY"), "secret leaked for {yaml:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn yaml_numbers_and_nulls_become_the_right_values() {
+        let c = Config::from_yaml(
+            "integrations:\n  github:\n    - token: ~\n      rawBaseUrl: null\nproxy:\n  maxConnections: 12\n  shutdownGraceSeconds: 0\n",
+        )
+        .unwrap();
+        assert!(c.integrations[0].token.is_none());
+        assert!(
+            c.integrations[0].raw.is_some(),
+            "null means absent, so github.com's default applies"
+        );
+        assert_eq!(c.proxy.max_connections, 12);
+        assert_eq!(c.proxy.shutdown_grace, Duration::ZERO);
+    }
 }

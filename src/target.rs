@@ -41,7 +41,10 @@ pub fn graphql_target(body: &[u8]) -> Option<(String, Option<String>)> {
 
 /// A GitHub login: `[A-Za-z0-9-]`, 1 to 39 characters.
 pub fn is_valid_owner(owner: &str) -> bool {
-    (1..=39).contains(&owner.len()) && owner.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    (1..=39).contains(&owner.len())
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Remembered `/repositories/{id}` → (owner, repo), bounded (§5, learned repository ids).
