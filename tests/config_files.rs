@@ -43,11 +43,18 @@ fn every_example_loads_on_its_own() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let config = load(std::slice::from_ref(&path), &env);
-            assert!(config.warnings.is_empty(), "{path:?}: {:?}", config.warnings);
+            assert!(
+                config.warnings.is_empty(),
+                "{path:?}: {:?}",
+                config.warnings
+            );
             count += 1;
         }
     }
-    assert!(count >= 3, "expected the three example configs, found {count}");
+    assert!(
+        count >= 3,
+        "expected the three example configs, found {count}"
+    );
 }
 
 #[test]
@@ -105,7 +112,12 @@ fn production_overlay_merges_on_the_app_config_example() {
     assert_eq!(config.proxy.default_owner.as_deref(), Some("acme"));
     // From the overlay.
     assert_eq!(config.proxy.listen, "0.0.0.0:8080".parse().unwrap());
-    let names: Vec<&str> = config.proxy.clients.iter().map(|c| c.name.as_str()).collect();
+    let names: Vec<&str> = config
+        .proxy
+        .clients
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
     assert_eq!(names, ["catalog", "release-ci"]);
     assert_eq!(
         config.proxy.audit,
