@@ -342,3 +342,463 @@ impl std::fmt::Debug for RepoIds {
         f.debug_struct("RepoIds").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn about(owner: Option<&str>, repo: Option<&str>) -> PathTarget {
+        PathTarget::About {
+            owner: owner.map(str::to_owned),
+            repo: repo.map(str::to_owned),
+        }
+    }
+
+    fn api(path: &str) -> Result<PathTarget, InvalidPath> {
+        parse(OriginKind::Api, path, None)
+    }
+
+    fn search(q: &str) -> Result<PathTarget, InvalidPath> {
+        parse(OriginKind::Api, "/search/issues", Some(q))
+    }
+
+    fn refused(kind: OriginKind, path: &str) -> InvalidPath {
+        parse(kind, path, None).expect_err(path)
+    }
+
+    // §5 table rows
+
+    #[test]
+    fn api_repos_owner_repo() {
+        assert_eq!(api("/repos/Acme/Widgets"), Ok(about(Some("Acme"), Some("Widgets"))));
+        assert_eq!(
+            api("/repos/acme/widgets/pulls/1/files"),
+            Ok(about(Some("acme"), Some("widgets")))
+        );
+        assert_eq!(api("/repos/acme/my.repo_x-1"), Ok(about(Some("acme"), Some("my.repo_x-1"))));
+    }
+
+    #[test]
+    fn api_orgs_and_users_owner() {
+        assert_eq!(api("/orgs/acme"), Ok(about(Some("acme"), None)));
+        assert_eq!(api("/orgs/acme/repos"), Ok(about(Some("acme"), None)));
+        assert_eq!(api("/users/octo-cat/repos"), Ok(about(Some("octo-cat"), None)));
+        assert_eq!(api("/users"), Ok(about(None, None)));
+    }
+
+    #[test]
+    fn api_repositories_id() {
+        assert_eq!(api("/repositories/1296269"), Ok(PathTarget::RepositoryId(1296269)));
+        assert_eq!(
+            api("/repositories/42/pulls"),
+            Ok(PathTarget::RepositoryId(42))
+        );
+        assert_eq!(api("/repositories"), Ok(about(None, None)));
+    }
+
+    #[test]
+    fn refuses_non_numeric_or_huge_repository_id() {
+        assert!(api("/repositories/12a").is_err());
+        assert!(api("/repositories/").is_err());
+        assert!(api("/repositories/-1").is_err());
+        assert!(api("/repositories/99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn api_search_repo_qualifier() {
+        assert_eq!(
+            search("q=is:open+repo:acme/widgets+org:other"),
+            Ok(about(Some("acme"), Some("widgets")))
+        );
+        assert_eq!(
+            search("per_page=5&q=bug%20repo%3Aacme%2Fwidgets"),
+            Ok(about(Some("acme"), Some("widgets")))
+        );
+    }
+
+    #[test]
+    fn api_search_org_and_user_qualifiers() {
+        assert_eq!(search("q=org:acme+bug"), Ok(about(Some("acme"), None)));
+        assert_eq!(search("q=user:octocat+repo:acme/w"), Ok(about(Some("octocat"), None)));
+        assert_eq!(search("q=ORG:acme"), Ok(about(Some("acme"), None)));
+    }
+
+    #[test]
+    fn api_search_without_qualifier_has_no_owner() {
+        assert_eq!(search("q=bug+fix"), Ok(about(None, None)));
+        assert_eq!(search("sort=stars"), Ok(about(None, None)));
+        assert_eq!(parse(OriginKind::Api, "/search/code", None), Ok(about(None, None)));
+        // an excluded repo is not the target
+        assert_eq!(search("q=-repo:acme/w"), Ok(about(None, None)));
+    }
+
+    #[test]
+    fn api_search_refuses_malformed_first_qualifier() {
+        assert!(search("q=repo:acme").is_err());
+        assert!(search("q=repo:ac_me/w+org:acme").is_err());
+        assert!(search("q=org:%D0%B0cme").is_err());
+        assert!(search("q=repo:acme/..").is_err());
+    }
+
+    #[test]
+    fn api_app_endpoints() {
+        for p in [
+            "/app",
+            "/app/installations",
+            "/app/installations/1/access_tokens",
+            "/app-manifests/abc/conversions",
+            "/installation/repositories",
+            "/APP/installations",
+        ] {
+            assert_eq!(api(p), Ok(PathTarget::AppEndpoint), "{p}");
+        }
+        // public App metadata is not the App acting as itself
+        assert_eq!(api("/apps/my-app"), Ok(about(None, None)));
+    }
+
+    #[test]
+    fn api_anything_else_has_no_owner() {
+        for p in ["/user", "/rate_limit", "/meta", "/", "", "/user/repos"] {
+            assert_eq!(api(p), Ok(about(None, None)), "{p}");
+        }
+    }
+
+    #[test]
+    fn refuses_encoded_keyword() {
+        assert!(api("/%72epos/acme/w").is_err());
+        assert!(api("/%61pp/installations").is_err());
+    }
+
+    #[test]
+    fn graphql_origin() {
+        assert_eq!(parse(OriginKind::Graphql, "/graphql", None), Ok(PathTarget::Graphql));
+    }
+
+    #[test]
+    fn raw_owner_repo_ref() {
+        assert_eq!(
+            parse(OriginKind::Raw, "/acme/widgets/main/docs/a%20b.md", None),
+            Ok(about(Some("acme"), Some("widgets")))
+        );
+        assert_eq!(
+            parse(OriginKind::Raw, "/acme/widgets/refs/heads/x%252Fy", None),
+            Ok(about(Some("acme"), Some("widgets")))
+        );
+    }
+
+    #[test]
+    fn web_owner_repo_git_and_owner_only() {
+        let web = |p| parse(OriginKind::Web, p, None);
+        assert_eq!(web("/acme/widgets"), Ok(about(Some("acme"), Some("widgets"))));
+        assert_eq!(
+            web("/acme/widgets.git/info/refs"),
+            Ok(about(Some("acme"), Some("widgets")))
+        );
+        assert_eq!(
+            web("/acme/widgets/archive/refs/heads/main.tar.gz"),
+            Ok(about(Some("acme"), Some("widgets")))
+        );
+        assert_eq!(web("/acme"), Ok(about(Some("acme"), None)));
+        assert_eq!(web("/"), Ok(about(None, None)));
+        assert!(web("/acme/.git").is_err());
+    }
+
+    // bad forms
+
+    #[test]
+    fn refuses_dot_dot_segment() {
+        assert!(refused(OriginKind::Api, "/repos/o/r/../../orgs/x").0.contains(".."));
+        assert!(api("/..").is_err());
+    }
+
+    #[test]
+    fn refuses_dot_segment() {
+        assert!(api("/repos/o/r/./x").is_err());
+        assert!(api("/repos/o/r/.").is_err());
+    }
+
+    #[test]
+    fn refuses_encoded_dot_dot() {
+        assert!(api("/repos/o/r/%2e%2e/x").is_err());
+        assert!(api("/repos/o/r/.%2e/x").is_err());
+        assert!(api("/repos/o/r/%2e").is_err());
+    }
+
+    #[test]
+    fn refuses_mixed_case_encoded_dot_dot() {
+        assert!(api("/repos/o/r/%2E./x").is_err());
+        assert!(api("/repos/o/r/%2E%2e").is_err());
+    }
+
+    #[test]
+    fn dots_inside_names_are_fine() {
+        assert!(api("/repos/o/r/contents/...").is_ok());
+        assert!(api("/repos/o/r/contents/.github/x.yml").is_ok());
+        assert!(api("/repos/o/r/contents/%2e%2e%2e").is_ok());
+    }
+
+    #[test]
+    fn refuses_encoded_slash_upper() {
+        assert!(refused(OriginKind::Api, "/repos/o/r/contents/a%2Fb").0.contains("%2F"));
+    }
+
+    #[test]
+    fn refuses_encoded_slash_lower() {
+        assert!(api("/repos/o%2fx/r").is_err());
+        assert!(api("/user/a%2fb").is_err());
+    }
+
+    #[test]
+    fn refuses_encoded_backslash_upper() {
+        assert!(api("/repos/o/r/a%5Cb").is_err());
+    }
+
+    #[test]
+    fn refuses_encoded_backslash_lower_and_raw() {
+        assert!(api("/repos/o/r/a%5cb").is_err());
+        assert!(api("/repos/o/r/a\\b").is_err());
+    }
+
+    #[test]
+    fn refuses_encoded_nul_and_controls() {
+        assert!(api("/repos/o/r%00").is_err());
+        assert!(api("/repos/o/r/x%0a").is_err());
+        assert!(api("/repos/o/r/x%1F").is_err());
+        assert!(api("/repos/o/r/x%7f").is_err());
+    }
+
+    #[test]
+    fn refuses_raw_control_character() {
+        assert!(api("/repos/o/r/\nx").is_err());
+        assert!(api("/repos/o/r\u{7f}").is_err());
+        assert!(parse(OriginKind::Web, "/o/r\t", None).is_err());
+    }
+
+    #[test]
+    fn refuses_malformed_percent_escape() {
+        assert!(api("/repos/o/r/x%zz").is_err());
+        assert!(api("/repos/o/r/x%2").is_err());
+    }
+
+    #[test]
+    fn refuses_empty_owner() {
+        assert!(refused(OriginKind::Api, "/repos//r").0.contains("owner"));
+        assert!(api("/orgs/").is_err());
+        assert!(parse(OriginKind::Raw, "//r/main/x", None).is_err());
+        assert!(parse(OriginKind::Web, "//r", None).is_err());
+    }
+
+    #[test]
+    fn refuses_empty_repo() {
+        assert!(refused(OriginKind::Api, "/repos/o//x").0.contains("repo"));
+        assert!(api("/repos/o/").is_err());
+        assert!(api("/repos/o").is_err());
+        assert!(parse(OriginKind::Raw, "/o//main", None).is_err());
+    }
+
+    #[test]
+    fn refuses_40_char_owner() {
+        let o39 = "a".repeat(39);
+        let o40 = "a".repeat(40);
+        assert!(api(&format!("/repos/{o39}/r")).is_ok());
+        assert!(api(&format!("/repos/{o40}/r")).is_err());
+        assert!(api(&format!("/users/{o40}")).is_err());
+    }
+
+    #[test]
+    fn refuses_owner_with_underscore() {
+        assert!(api("/repos/ac_me/r").is_err());
+        assert!(api("/orgs/ac_me").is_err());
+    }
+
+    #[test]
+    fn refuses_owner_with_percent() {
+        assert!(api("/repos/ac%6De/r").is_err());
+        assert!(api("/orgs/%61cme").is_err());
+        assert!(parse(OriginKind::Web, "/ac%20me/r", None).is_err());
+    }
+
+    #[test]
+    fn refuses_cyrillic_lookalike_owner() {
+        // 'а' is U+0430 CYRILLIC SMALL LETTER A
+        assert!(api("/repos/\u{430}cme/r").is_err());
+        assert!(api("/orgs/%D0%B0cme").is_err());
+        assert!(parse(OriginKind::Raw, "/\u{430}cme/r/main", None).is_err());
+    }
+
+    #[test]
+    fn refuses_101_char_repo() {
+        let r100 = "r".repeat(100);
+        let r101 = "r".repeat(101);
+        assert!(api(&format!("/repos/o/{r100}")).is_ok());
+        assert!(api(&format!("/repos/o/{r101}")).is_err());
+    }
+
+    #[test]
+    fn refuses_double_encoded_slash_in_repo_but_not_in_file_path() {
+        assert!(api("/repos/o/r%252Fx").is_err());
+        assert!(api("/repos/o%252F/r").is_err());
+        assert_eq!(
+            api("/repos/o/r/contents/a%252Fb"),
+            Ok(about(Some("o"), Some("r")))
+        );
+    }
+
+    // graphql bodies
+
+    #[test]
+    fn graphql_owner_and_name() {
+        let b = br#"{"query":"q","variables":{"owner":"acme","name":"widgets"}}"#;
+        assert_eq!(
+            graphql_target(b),
+            Some(("acme".to_owned(), Some("widgets".to_owned())))
+        );
+    }
+
+    #[test]
+    fn graphql_owner_and_repo() {
+        let b = br#"{"variables":{"owner":"acme","repo":"w"}}"#;
+        assert_eq!(graphql_target(b), Some(("acme".to_owned(), Some("w".to_owned()))));
+        let b = br#"{"variables":{"owner":"acme"}}"#;
+        assert_eq!(graphql_target(b), Some(("acme".to_owned(), None)));
+    }
+
+    #[test]
+    fn graphql_org_and_login_carry_no_repo() {
+        let b = br#"{"variables":{"org":"acme","name":"w"}}"#;
+        assert_eq!(graphql_target(b), Some(("acme".to_owned(), None)));
+        let b = br#"{"variables":{"login":"octocat","repo":"w"}}"#;
+        assert_eq!(graphql_target(b), Some(("octocat".to_owned(), None)));
+        let b = br#"{"variables":{"org":"acme","login":"octocat"}}"#;
+        assert_eq!(graphql_target(b), Some(("acme".to_owned(), None)));
+    }
+
+    #[test]
+    fn graphql_invalid_or_missing_owner_is_none() {
+        assert_eq!(graphql_target(br#"{"variables":{"owner":"ac_me"}}"#), None);
+        assert_eq!(graphql_target(br#"{"variables":{"owner":"acme/x"}}"#), None);
+        assert_eq!(graphql_target(br#"{"variables":{"owner":5}}"#), None);
+        assert_eq!(graphql_target(br#"{"query":"{ viewer { login } }"}"#), None);
+        assert_eq!(graphql_target(br#"{"variables":null}"#), None);
+        assert_eq!(graphql_target(b"not json"), None);
+        assert_eq!(graphql_target(b""), None);
+    }
+
+    #[test]
+    fn graphql_invalid_repo_is_dropped() {
+        let b = br#"{"variables":{"owner":"acme","name":"a/../b"}}"#;
+        assert_eq!(graphql_target(b), Some(("acme".to_owned(), None)));
+    }
+
+    // learned repository ids
+
+    #[test]
+    fn learns_every_repository_id_in_a_link_header() {
+        let ids = RepoIds::new(16);
+        ids.learn_from_link(
+            r#"<https://api.github.com/repositories/123/pulls?page=2>; rel="next", <https://api.github.com/repositories/456?page=9>; rel="last", <https://api.github.com/repositories/789>; rel="first""#,
+            "acme",
+            "widgets",
+        );
+        for id in [123, 456, 789] {
+            assert_eq!(ids.get(id), Some(("acme".to_owned(), "widgets".to_owned())));
+        }
+        assert_eq!(ids.get(1), None);
+    }
+
+    #[test]
+    fn ignores_malformed_repository_ids() {
+        let ids = RepoIds::new(16);
+        ids.learn_from_link(
+            "<https://x/repositories/12a/pulls>, <https://x/repositories/>, https://x/repositories/77",
+            "o",
+            "r",
+        );
+        assert_eq!(ids.get(12), None);
+        // a bare id at the end of the value counts
+        assert_eq!(ids.get(77), Some(("o".to_owned(), "r".to_owned())));
+        ids.learn_from_link("/repositories/99999999999999999999999/x", "o", "r");
+    }
+
+    #[test]
+    fn repo_ids_are_bounded() {
+        let ids = RepoIds::new(2);
+        ids.learn_from_link("/repositories/1/x", "o", "a");
+        ids.learn_from_link("/repositories/2/x", "o", "b");
+        assert!(ids.get(1).is_some()); // 1 is now most recent
+        ids.learn_from_link("/repositories/3/x", "o", "c");
+        assert_eq!(ids.get(2), None);
+        assert!(ids.get(1).is_some());
+        assert!(ids.get(3).is_some());
+        let zero = RepoIds::new(0);
+        zero.learn_from_link("/repositories/1", "o", "r");
+        assert!(zero.get(1).is_some());
+    }
+
+    // properties
+
+    fn hostile_path() -> impl Strategy<Value = String> {
+        let seg = prop_oneof![
+            Just("repos".to_owned()),
+            Just("orgs".to_owned()),
+            Just("search".to_owned()),
+            Just("repositories".to_owned()),
+            Just("acme".to_owned()),
+            Just("w.git".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2F".to_owned()),
+            Just("%".to_owned()),
+            Just("".to_owned()),
+            "[A-Za-z0-9._%-]{1,8}",
+            any::<String>(),
+        ];
+        prop::collection::vec(seg, 0..6).prop_map(|s| format!("/{}", s.join("/")))
+    }
+
+    fn kinds() -> impl Strategy<Value = OriginKind> {
+        prop_oneof![
+            Just(OriginKind::Api),
+            Just(OriginKind::Raw),
+            Just(OriginKind::Web),
+            Just(OriginKind::Graphql),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_on_arbitrary_strings(kind in kinds(), p in any::<String>(), q in any::<String>()) {
+            let _ = parse(kind, &p, Some(&q));
+            let _ = graphql_target(p.as_bytes());
+        }
+
+        #[test]
+        fn parse_never_panics_on_arbitrary_bytes(kind in kinds(), b in any::<Vec<u8>>()) {
+            let s = String::from_utf8_lossy(&b);
+            let _ = parse(kind, &s, Some(&s));
+            let _ = graphql_target(&b);
+            RepoIds::new(4).learn_from_link(&s, "o", "r");
+        }
+
+        #[test]
+        fn accepted_owner_and_repo_are_verbatim_segments(kind in kinds(), p in hostile_path()) {
+            if let Ok(PathTarget::About { owner, repo }) = parse(kind, &p, None) {
+                let segs: Vec<&str> = p.split('/').collect();
+                let at = if kind == OriginKind::Api { 2 } else { 1 };
+                if let Some(o) = owner {
+                    prop_assert!(is_valid_owner(&o));
+                    prop_assert_eq!(segs.get(at).copied(), Some(o.as_str()));
+                }
+                if let Some(r) = repo {
+                    prop_assert!(is_valid_repo(&r));
+                    let seg = segs.get(at + 1).copied().unwrap_or("");
+                    let with_git = format!("{}.git", r);
+                    prop_assert!(seg == r || seg == with_git);
+                }
+                prop_assert!(check_path(&p).is_ok());
+            }
+        }
+    }
+}
