@@ -62,7 +62,6 @@ pub struct RouteError {
     pub message: String,
 }
 
-
 impl RouteError {
     fn new(reason: Reason, message: impl Into<String>) -> Self {
         RouteError {
@@ -235,7 +234,8 @@ fn split_authority(authority: &str) -> Option<(&str, Option<&str>)> {
             None => (authority, None),
         }
     };
-    if host.is_empty() || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    if host.is_empty()
+        || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
     {
         return None;
     }
@@ -373,7 +373,9 @@ fn rewrite_url(config: &Config, form: Form, proxy_base: &str, url: &str) -> Opti
     if authority.contains('@') {
         return None;
     }
-    let path_end = path_and_more.find(['?', '#']).unwrap_or(path_and_more.len());
+    let path_end = path_and_more
+        .find(['?', '#'])
+        .unwrap_or(path_and_more.len());
     let (path, suffix) = path_and_more.split_at_checked(path_end)?;
     let (host, port) = split_authority(authority)?;
     let m = find_origin(config, host, port, Some(default_port), path)?;
@@ -561,15 +563,27 @@ mod tests {
 
     #[test]
     fn forward_proxy_accepts_explicit_default_ports() {
-        assert_eq!(ok("https://api.github.com:443/user").authority, "api.github.com");
-        assert_eq!(ok("http://api.github.com:80/user").authority, "api.github.com");
+        assert_eq!(
+            ok("https://api.github.com:443/user").authority,
+            "api.github.com"
+        );
+        assert_eq!(
+            ok("http://api.github.com:80/user").authority,
+            "api.github.com"
+        );
         // the origin's own port, spelled out over http
-        assert_eq!(ok("http://api.github.com:443/user").authority, "api.github.com");
+        assert_eq!(
+            ok("http://api.github.com:443/user").authority,
+            "api.github.com"
+        );
     }
 
     #[test]
     fn odd_port_is_an_unknown_host() {
-        assert_eq!(reason("http://api.github.com:8443/user"), Reason::UnknownHost);
+        assert_eq!(
+            reason("http://api.github.com:8443/user"),
+            Reason::UnknownHost
+        );
         assert_eq!(reason("http://127.0.0.1:4568/user"), Reason::UnknownHost);
         assert_eq!(reason("http://127.0.0.1/user"), Reason::UnknownHost);
     }
@@ -681,7 +695,10 @@ mod tests {
         let r = ok("http://api.github.com/graphql");
         assert_eq!(r.origin, OriginKind::Graphql);
         // not the exact endpoint: plain api
-        assert_eq!(ok("http://api.github.com/graphql/x").origin, OriginKind::Api);
+        assert_eq!(
+            ok("http://api.github.com/graphql/x").origin,
+            OriginKind::Api
+        );
     }
 
     #[test]
@@ -749,7 +766,8 @@ mod tests {
     #[test]
     fn rewrite_link_for_forward_proxy() {
         let v = r#"<https://api.github.com/repositories/1/pulls?page=2>; rel="next", <https://api.github.com/repositories/1/pulls?page=5>; rel="last""#;
-        let out = rewrite_url_header(&config(), Form::ForwardProxy, "http://proxy:8080", v).unwrap();
+        let out =
+            rewrite_url_header(&config(), Form::ForwardProxy, "http://proxy:8080", v).unwrap();
         assert_eq!(
             out,
             r#"<http://api.github.com/repositories/1/pulls?page=2>; rel="next", <http://api.github.com/repositories/1/pulls?page=5>; rel="last""#
@@ -804,23 +822,37 @@ mod tests {
             "https://raw.githubusercontent.com/o/r/main/x",
         )
         .unwrap();
-        assert_eq!(out, "http://proxy:8080/raw.githubusercontent.com/o/r/main/x");
+        assert_eq!(
+            out,
+            "http://proxy:8080/raw.githubusercontent.com/o/r/main/x"
+        );
     }
 
     #[test]
     fn rewrite_leaves_foreign_urls_and_partial_links() {
-        let v = r#"<https://example.com/a>; rel="x", <https://api.github.com/b?page=2>; rel="next""#;
+        let v =
+            r#"<https://example.com/a>; rel="x", <https://api.github.com/b?page=2>; rel="next""#;
         let out = rewrite_url_header(&config(), Form::ForwardProxy, "http://p", v).unwrap();
         assert_eq!(
             out,
             r#"<https://example.com/a>; rel="x", <http://api.github.com/b?page=2>; rel="next""#
         );
         assert_eq!(
-            rewrite_url_header(&config(), Form::Default, "http://p", "https://example.com/x"),
+            rewrite_url_header(
+                &config(),
+                Form::Default,
+                "http://p",
+                "https://example.com/x"
+            ),
             None
         );
         assert_eq!(
-            rewrite_url_header(&config(), Form::Default, "http://p", "<https://api.github.com/x"),
+            rewrite_url_header(
+                &config(),
+                Form::Default,
+                "http://p",
+                "<https://api.github.com/x"
+            ),
             None
         );
         assert_eq!(
@@ -914,11 +946,19 @@ mod tests {
             .find(|o| o.kind == r.origin)
             .unwrap();
         assert_eq!(r.authority, origin.authority);
-        assert!(config.integrations.iter().any(|i| Arc::ptr_eq(i, &r.integration)));
+        assert!(
+            config
+                .integrations
+                .iter()
+                .any(|i| Arc::ptr_eq(i, &r.integration))
+        );
         assert!(crate::target::check_path(&r.upstream_path).is_ok());
         let received = uri.path();
         if r.origin != OriginKind::Graphql {
-            let mut remainder = r.upstream_path.strip_prefix(origin.path_prefix.as_str()).unwrap();
+            let mut remainder = r
+                .upstream_path
+                .strip_prefix(origin.path_prefix.as_str())
+                .unwrap();
             if remainder == "/" && !received.ends_with('/') {
                 // an empty remainder on an empty prefix is sent as `/`
                 assert!(origin.path_prefix.is_empty());
@@ -935,7 +975,9 @@ mod tests {
             let segs: Vec<&str> = r.target_path.split('/').collect();
             if let Some(o) = &owner {
                 assert!(target::is_valid_owner(o));
-                let is_search = segs.get(1).is_some_and(|s| s.eq_ignore_ascii_case("search"));
+                let is_search = segs
+                    .get(1)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("search"));
                 if !is_search {
                     let at = if r.origin == OriginKind::Api { 2 } else { 1 };
                     assert_eq!(segs.get(at), Some(&o.as_str()), "{}", r.target_path);

@@ -278,7 +278,10 @@ pub fn graphql_target(body: &[u8]) -> Option<(String, Option<String>)> {
 
 /// A GitHub login: `[A-Za-z0-9-]`, 1 to 39 characters.
 pub fn is_valid_owner(owner: &str) -> bool {
-    (1..=39).contains(&owner.len()) && owner.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    (1..=39).contains(&owner.len())
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// A repository name: `[A-Za-z0-9._-]`, 1 to 100 characters (and not a dot segment).
@@ -372,25 +375,37 @@ mod tests {
 
     #[test]
     fn api_repos_owner_repo() {
-        assert_eq!(api("/repos/Acme/Widgets"), Ok(about(Some("Acme"), Some("Widgets"))));
+        assert_eq!(
+            api("/repos/Acme/Widgets"),
+            Ok(about(Some("Acme"), Some("Widgets")))
+        );
         assert_eq!(
             api("/repos/acme/widgets/pulls/1/files"),
             Ok(about(Some("acme"), Some("widgets")))
         );
-        assert_eq!(api("/repos/acme/my.repo_x-1"), Ok(about(Some("acme"), Some("my.repo_x-1"))));
+        assert_eq!(
+            api("/repos/acme/my.repo_x-1"),
+            Ok(about(Some("acme"), Some("my.repo_x-1")))
+        );
     }
 
     #[test]
     fn api_orgs_and_users_owner() {
         assert_eq!(api("/orgs/acme"), Ok(about(Some("acme"), None)));
         assert_eq!(api("/orgs/acme/repos"), Ok(about(Some("acme"), None)));
-        assert_eq!(api("/users/octo-cat/repos"), Ok(about(Some("octo-cat"), None)));
+        assert_eq!(
+            api("/users/octo-cat/repos"),
+            Ok(about(Some("octo-cat"), None))
+        );
         assert_eq!(api("/users"), Ok(about(None, None)));
     }
 
     #[test]
     fn api_repositories_id() {
-        assert_eq!(api("/repositories/1296269"), Ok(PathTarget::RepositoryId(1296269)));
+        assert_eq!(
+            api("/repositories/1296269"),
+            Ok(PathTarget::RepositoryId(1296269))
+        );
         assert_eq!(
             api("/repositories/42/pulls"),
             Ok(PathTarget::RepositoryId(42))
@@ -421,7 +436,10 @@ mod tests {
     #[test]
     fn api_search_org_and_user_qualifiers() {
         assert_eq!(search("q=org:acme+bug"), Ok(about(Some("acme"), None)));
-        assert_eq!(search("q=user:octocat+repo:acme/w"), Ok(about(Some("octocat"), None)));
+        assert_eq!(
+            search("q=user:octocat+repo:acme/w"),
+            Ok(about(Some("octocat"), None))
+        );
         assert_eq!(search("q=ORG:acme"), Ok(about(Some("acme"), None)));
     }
 
@@ -429,7 +447,10 @@ mod tests {
     fn api_search_without_qualifier_has_no_owner() {
         assert_eq!(search("q=bug+fix"), Ok(about(None, None)));
         assert_eq!(search("sort=stars"), Ok(about(None, None)));
-        assert_eq!(parse(OriginKind::Api, "/search/code", None), Ok(about(None, None)));
+        assert_eq!(
+            parse(OriginKind::Api, "/search/code", None),
+            Ok(about(None, None))
+        );
         // an excluded repo is not the target
         assert_eq!(search("q=-repo:acme/w"), Ok(about(None, None)));
     }
@@ -473,7 +494,10 @@ mod tests {
 
     #[test]
     fn graphql_origin() {
-        assert_eq!(parse(OriginKind::Graphql, "/graphql", None), Ok(PathTarget::Graphql));
+        assert_eq!(
+            parse(OriginKind::Graphql, "/graphql", None),
+            Ok(PathTarget::Graphql)
+        );
     }
 
     #[test]
@@ -491,7 +515,10 @@ mod tests {
     #[test]
     fn web_owner_repo_git_and_owner_only() {
         let web = |p| parse(OriginKind::Web, p, None);
-        assert_eq!(web("/acme/widgets"), Ok(about(Some("acme"), Some("widgets"))));
+        assert_eq!(
+            web("/acme/widgets"),
+            Ok(about(Some("acme"), Some("widgets")))
+        );
         assert_eq!(
             web("/acme/widgets.git/info/refs"),
             Ok(about(Some("acme"), Some("widgets")))
@@ -509,7 +536,11 @@ mod tests {
 
     #[test]
     fn refuses_dot_dot_segment() {
-        assert!(refused(OriginKind::Api, "/repos/o/r/../../orgs/x").0.contains(".."));
+        assert!(
+            refused(OriginKind::Api, "/repos/o/r/../../orgs/x")
+                .0
+                .contains("..")
+        );
         assert!(api("/..").is_err());
     }
 
@@ -541,7 +572,11 @@ mod tests {
 
     #[test]
     fn refuses_encoded_slash_upper() {
-        assert!(refused(OriginKind::Api, "/repos/o/r/contents/a%2Fb").0.contains("%2F"));
+        assert!(
+            refused(OriginKind::Api, "/repos/o/r/contents/a%2Fb")
+                .0
+                .contains("%2F")
+        );
     }
 
     #[test]
@@ -660,7 +695,10 @@ mod tests {
     #[test]
     fn graphql_owner_and_repo() {
         let b = br#"{"variables":{"owner":"acme","repo":"w"}}"#;
-        assert_eq!(graphql_target(b), Some(("acme".to_owned(), Some("w".to_owned()))));
+        assert_eq!(
+            graphql_target(b),
+            Some(("acme".to_owned(), Some("w".to_owned())))
+        );
         let b = br#"{"variables":{"owner":"acme"}}"#;
         assert_eq!(graphql_target(b), Some(("acme".to_owned(), None)));
     }
