@@ -182,7 +182,18 @@ fn build(m: Match<'_>, form: Form, query: Option<&str>) -> Route {
     if upstream_path.is_empty() {
         upstream_path.push('/');
     }
-    let target_path = if m.origin.kind == OriginKind::Graphql {
+    // `/api/v3/graphql` in the default form (or `/graphql/`) lands on the api origin but is the
+    // GraphQL endpoint: classify it as GraphQL so its body is inspected and its policy applies.
+    let kind = if m.origin.kind == OriginKind::Api
+        && m.integration.graphql.authority == m.origin.authority
+        && upstream_path.strip_suffix('/').unwrap_or(&upstream_path)
+            == m.integration.graphql.path_prefix
+    {
+        OriginKind::Graphql
+    } else {
+        m.origin.kind
+    };
+    let target_path = if kind == OriginKind::Graphql {
         "/graphql".to_owned()
     } else if m.remainder.is_empty() {
         "/".to_owned()
@@ -191,7 +202,7 @@ fn build(m: Match<'_>, form: Form, query: Option<&str>) -> Route {
     };
     Route {
         integration: Arc::clone(m.integration),
-        origin: m.origin.kind,
+        origin: kind,
         form,
         scheme: m.origin.scheme,
         authority: m.origin.authority.clone(),
@@ -699,6 +710,28 @@ mod tests {
             ok("http://api.github.com/graphql/x").origin,
             OriginKind::Api
         );
+    }
+
+    #[test]
+    fn graphql_reached_through_the_api_origin_is_still_graphql() {
+        for p in [
+            "/api/v3/graphql",
+            "/graphql/",
+            "http://api.github.com/graphql/",
+        ] {
+            let r = ok(p);
+            assert_eq!(r.origin, OriginKind::Graphql, "{p}");
+            assert_eq!(r.target_path, "/graphql");
+        }
+        assert_eq!(ok("/api/v3/graphqlx").origin, OriginKind::Api);
+    }
+
+    #[test]
+    fn absolute_form_without_path() {
+        let r = ok("http://api.github.com");
+        assert_eq!(r.upstream_path, "/");
+        let r = ok("http://api.github.com?x=1");
+        assert_eq!(r.query.as_deref(), Some("x=1"));
     }
 
     #[test]

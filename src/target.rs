@@ -1,6 +1,7 @@
 //! Which owner and repo a request is about, from its raw path (SPEC §5), and the rejection of
 //! paths that could mean something other than what was authorised. Pure functions.
 
+use std::borrow::Cow;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
@@ -217,14 +218,33 @@ fn repo_segment(seg: Option<&str>) -> Result<&str, InvalidPath> {
 /// space). A malformed first qualifier is refused rather than skipped, so a later one cannot
 /// stand in for it.
 fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
-    let Some(raw_q) = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("q="))
-    else {
+    // Query parsers disagree on duplicates (first wins here, last wins in Rails), on `;` as a
+    // separator and on encoded keys (`%71=`): anything that could let GitHub see a different
+    // `q` than the one authorised is refused.
+    let mut found = None;
+    for pair in query.unwrap_or("").split(['&', ';']) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let is_q = key == "q"
+            || (key.contains('%')
+                && percent_encoding::percent_decode_str(key)
+                    .decode_utf8_lossy()
+                    .trim()
+                    .eq_ignore_ascii_case("q"));
+        if is_q {
+            if found.is_some() {
+                return Err(invalid("more than one q parameter in a search query"));
+            }
+            found = Some(value);
+        }
+    }
+    let Some(raw_q) = found else {
         return Ok(NONE);
     };
-    let plus_as_space = raw_q.replace('+', " ");
+    let plus_as_space = if raw_q.contains('+') {
+        Cow::Owned(raw_q.replace('+', " "))
+    } else {
+        Cow::Borrowed(raw_q)
+    };
     let q = percent_encoding::percent_decode_str(&plus_as_space).decode_utf8_lossy();
     for token in q.split_whitespace() {
         let Some((name, value)) = token.split_once(':') else {
@@ -453,6 +473,14 @@ mod tests {
         );
         // an excluded repo is not the target
         assert_eq!(search("q=-repo:acme/w"), Ok(about(None, None)));
+    }
+
+    #[test]
+    fn api_search_refuses_ambiguous_q() {
+        assert!(search("q=repo:acme/ok&q=repo:secret/x").is_err());
+        assert!(search("q=repo:acme/ok&%71=repo:secret/x").is_err());
+        assert!(search("q=repo:acme/ok;q=repo:secret/x").is_err());
+        assert_eq!(search("%71=org:acme"), Ok(about(Some("acme"), None)));
     }
 
     #[test]
