@@ -176,16 +176,13 @@ fn parse_owner_repo(kind: OriginKind, rest: &str) -> Result<PathTarget, InvalidP
     let repo = match segs.next() {
         None => None,
         Some(r) => {
-            let r = repo_segment(Some(r))?;
-            let r = if kind == OriginKind::Web {
+            // git smart HTTP names the repo `r.git`; the name limits apply to `r`.
+            let name = if kind == OriginKind::Web {
                 r.strip_suffix(".git").unwrap_or(r)
             } else {
                 r
             };
-            if r.is_empty() {
-                return Err(invalid("empty repo name"));
-            }
-            Some(r.to_owned())
+            Some(repo_segment(Some(name))?.to_owned())
         }
     };
     Ok(PathTarget::About {
@@ -558,6 +555,11 @@ mod tests {
         assert_eq!(web("/acme"), Ok(about(Some("acme"), None)));
         assert_eq!(web("/"), Ok(about(None, None)));
         assert!(web("/acme/.git").is_err());
+        let r100 = "r".repeat(100);
+        assert_eq!(
+            web(&format!("/acme/{r100}.git/info/refs")),
+            Ok(about(Some("acme"), Some(&r100)))
+        );
     }
 
     // bad forms
