@@ -735,6 +735,26 @@ mod tests {
     }
 
     #[test]
+    fn hand_built_test_config_matches_the_config_parser() {
+        let yaml = "integrations:\n  github:\n    - host: github.com\n    - host: ghe.acme.com\n      apiBaseUrl: https://ghe.acme.com/api/v3/\n";
+        let parsed = Config::from_yaml(yaml).unwrap();
+        let built = config();
+        for (p, b) in parsed.integrations.iter().zip(&built.integrations) {
+            assert_eq!(p.api, b.api);
+            assert_eq!(p.raw, b.raw);
+            assert_eq!(p.web, b.web);
+            assert_eq!(p.graphql, b.graphql);
+        }
+        let r = route(
+            &parsed,
+            &Method::GET,
+            &"/ghe.acme.com/api/v3/repos/o/r".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r.upstream_uri(), "https://ghe.acme.com/api/v3/repos/o/r");
+    }
+
+    #[test]
     fn connect_is_refused_with_advice() {
         let e = route(
             &config(),
