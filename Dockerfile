@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# gh-token-proxy container image: a static-ish Rust binary on distroless (glibc, CA roots, no shell),
+# gh-token-proxy container image: the release binary on distroless (glibc, CA roots, no shell),
 # running as uid 65532. Build:  docker build -t gh-token-proxy .   (BuildKit, the default since 23.0)
 # Config is mounted at /etc/gh-token-proxy/gh-token-proxy.yaml; ports 8080 (proxy), 9090 (admin).
 
