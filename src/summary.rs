@@ -128,7 +128,7 @@ pub fn summary_main(files: &[PathBuf], json: bool) -> ExitCode {
     }
     if json && report.skipped_malformed_lines > 0 {
         eprintln!(
-            "gh-token-proxy: skipped {} malformed lines",
+            "gh-token-proxy: skipped {} malformed line(s)",
             report.skipped_malformed_lines
         );
     }
@@ -470,16 +470,16 @@ impl Report {
             writeln!(out)?;
             writeln!(
                 out,
-                "{}: {} requests",
+                "{}: {}",
                 display(&host.host, UNROUTED),
-                host.requests
+                requests(host.requests)
             )?;
             for owner in &host.owners {
                 writeln!(
                     out,
-                    "  {}: {} requests",
+                    "  {}: {}",
                     display(&owner.owner, NO_OWNER),
-                    owner.requests
+                    requests(owner.requests)
                 )?;
                 let mut credentials: Vec<(&str, u64)> = owner
                     .credentials
@@ -513,21 +513,40 @@ impl Report {
         if self.pat_not_installed.is_empty() {
             writeln!(out, "  (none)")?;
         }
+        let host_width = self
+            .pat_not_installed
+            .iter()
+            .map(|e| display(&e.host, UNROUTED).len())
+            .max()
+            .unwrap_or(0);
         for entry in &self.pat_not_installed {
             writeln!(
                 out,
-                "  {:>8}  {}  {}",
+                "  {:>8}  {:<host_width$}  {}",
                 entry.requests,
                 display(&entry.host, UNROUTED),
                 display(&entry.owner, NO_OWNER)
             )?;
         }
         writeln!(out)?;
+        let lines = if self.skipped_malformed_lines == 1 {
+            "line"
+        } else {
+            "lines"
+        };
         writeln!(
             out,
-            "skipped {} malformed lines",
+            "skipped {} malformed {lines}",
             self.skipped_malformed_lines
         )
+    }
+}
+
+fn requests(n: u64) -> String {
+    if n == 1 {
+        "1 request".to_owned()
+    } else {
+        format!("{n} requests")
     }
 }
 
