@@ -244,7 +244,7 @@ fn run_ok(args: &[&str], stdin: Option<Vec<u8>>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn owner<'a>(report: &'a Value, host: Value, owner: Value) -> &'a Value {
+fn owner(report: &Value, host: Value, owner: Value) -> &Value {
     let integration = report["integrations"]
         .as_array()
         .unwrap()
