@@ -51,7 +51,7 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -75,6 +75,9 @@ pub fn summary_main(files: &[PathBuf], json: bool) -> ExitCode {
     let mut inputs: Vec<(String, Box<dyn Read>)> = Vec::new();
     let mut open_failed = false;
     if files.is_empty() {
+        if io::stdin().is_terminal() {
+            eprintln!("gh-token-proxy: reading audit records from stdin (end with Ctrl-D)");
+        }
         inputs.push(("<stdin>".to_owned(), Box::new(io::stdin())));
     }
     for path in files {
