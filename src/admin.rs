@@ -77,7 +77,10 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Respons
             response
         }
         "/explain" => explain(shared, request.uri().query().unwrap_or("")).await,
-        _ => text(StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /metrics, /explain\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: /healthz, /readyz, /metrics, /explain\n",
+        ),
     }
 }
 
@@ -164,7 +167,9 @@ async fn explain_json(
 
 fn render_token_stats(shared: &Shared, out: &mut String) {
     let _ = shared;
-    out.push_str("# HELP gh_token_proxy_token_mints_total Installation tokens minted, per app and result.\n");
+    out.push_str(
+        "# HELP gh_token_proxy_token_mints_total Installation tokens minted, per app and result.\n",
+    );
     out.push_str("# TYPE gh_token_proxy_token_mints_total counter\n");
     out.push_str("# HELP gh_token_proxy_token_cache_lookups_total Token cache lookups: hit, miss, refresh.\n");
     out.push_str("# TYPE gh_token_proxy_token_cache_lookups_total counter\n");

@@ -320,7 +320,9 @@ fn write_loop(mut sink: Sink, first: Box<dyn Write + Send>, mut rx: mpsc::Receiv
         let mut closing = None;
         for msg in batch.drain(..) {
             match msg {
-                Msg::Record(record) => write_record(&mut out, &mut line, &record, &mut write_failed),
+                Msg::Record(record) => {
+                    write_record(&mut out, &mut line, &record, &mut write_failed)
+                }
                 Msg::Reopen => {
                     flush(&mut out, &mut write_failed);
                     if let Sink::File(path) = &sink {
@@ -478,7 +480,10 @@ mod tests {
         assert_eq!(v["credential"], "app");
         assert_eq!(v["reason"], "installed");
         assert_eq!(v["app_id"], 12345);
-        assert_eq!(v["hashed_token"], "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
+        assert_eq!(
+            v["hashed_token"],
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="
+        );
         assert_eq!(v["rate_limit_remaining"], 4987);
         assert_eq!(v["duration_ms"], 85.25);
         assert_eq!(v["outcome"], "ok");
@@ -583,7 +588,12 @@ mod tests {
         log.sender().send(record(1)).await;
         // Wait for the first record to land before rotating.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(&path).unwrap_or_default().lines().count() < 1 {
+        while std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            < 1
+        {
             assert!(std::time::Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -591,7 +601,10 @@ mod tests {
         log.reopen().await;
         log.sender().send(record(2)).await;
         log.shutdown().await;
-        assert_eq!(std::fs::read_to_string(&rotated).unwrap().lines().count(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&rotated).unwrap().lines().count(),
+            1
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
     }
 }

@@ -163,10 +163,9 @@ impl ProxyError {
                 http::header::PROXY_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"gh-token-proxy\""),
             )),
-            ProxyError::Overloaded => Some((
-                http::header::RETRY_AFTER,
-                HeaderValue::from_static("1"),
-            )),
+            ProxyError::Overloaded => {
+                Some((http::header::RETRY_AFTER, HeaderValue::from_static("1")))
+            }
             _ => None,
         }
     }

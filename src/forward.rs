@@ -117,9 +117,9 @@ impl RequestBody {
                 *self = RequestBody::Buffered(bytes);
                 body
             }
-            RequestBody::Streaming(incoming) => incoming
-                .map_err(|e| Box::new(e) as BoxError)
-                .boxed_unsync(),
+            RequestBody::Streaming(incoming) => {
+                incoming.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+            }
         }
     }
 }
@@ -221,13 +221,7 @@ impl Forwarder<'_> {
 
         set_credential(&mut headers, self.route.origin, resolution.token.as_deref());
         let request = build(method.clone(), uri, headers, body.take())?;
-        let response = send(
-            &self.shared.client,
-            timeout,
-            request,
-            &self.route.authority,
-        )
-        .await?;
+        let response = send(&self.shared.client, timeout, request, &self.route.authority).await?;
         if response.status() != StatusCode::UNAUTHORIZED
             || resolution.credential != CredentialKind::App
         {
@@ -261,10 +255,9 @@ impl Forwarder<'_> {
             *resolution = fresh;
             crate::server::record_resolution(record, resolution);
             return Err(ProxyError::NoCredential(
-                resolution
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "no GitHub credential after the App token was rejected".into()),
+                resolution.message.clone().unwrap_or_else(|| {
+                    "no GitHub credential after the App token was rejected".into()
+                }),
             ));
         }
         *resolution = fresh;
@@ -493,6 +486,9 @@ mod tests {
         assert_eq!(meta.github_request_id.as_deref(), Some("C0DE:1234"));
         assert_eq!(meta.rate_limit_remaining, Some(4987));
         assert_eq!(meta.rate_limit_resource.as_deref(), Some("core"));
-        assert_eq!(UpstreamMeta::from_headers(&HeaderMap::new()), UpstreamMeta::default());
+        assert_eq!(
+            UpstreamMeta::from_headers(&HeaderMap::new()),
+            UpstreamMeta::default()
+        );
     }
 }

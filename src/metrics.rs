@@ -205,7 +205,9 @@ impl Metrics {
             }
         }
 
-        out.push_str("# HELP gh_token_proxy_request_duration_seconds Arrival to end of exchange.\n");
+        out.push_str(
+            "# HELP gh_token_proxy_request_duration_seconds Arrival to end of exchange.\n",
+        );
         out.push_str("# TYPE gh_token_proxy_request_duration_seconds histogram\n");
         let mut cumulative = 0;
         for (i, le) in BUCKETS.iter().enumerate() {
@@ -302,10 +304,22 @@ mod tests {
         m.render(&mut out);
         assert!(out.contains("gh_token_proxy_requests_total{credential=\"pat\",reason=\"not_installed\",status_class=\"2xx\"} 2\n"), "{out}");
         assert!(out.contains("gh_token_proxy_requests_total{credential=\"none\",reason=\"none\",status_class=\"none\"} 1\n"), "{out}");
-        assert!(out.contains("gh_token_proxy_request_duration_seconds_bucket{le=\"0.005\"} 1\n"), "{out}");
-        assert!(out.contains("gh_token_proxy_request_duration_seconds_bucket{le=\"0.1\"} 2\n"), "{out}");
-        assert!(out.contains("gh_token_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("gh_token_proxy_request_duration_seconds_count 3\n"), "{out}");
+        assert!(
+            out.contains("gh_token_proxy_request_duration_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gh_token_proxy_request_duration_seconds_bucket{le=\"0.1\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gh_token_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gh_token_proxy_request_duration_seconds_count 3\n"),
+            "{out}"
+        );
         assert!(out.contains("gh_token_proxy_rate_limit_remaining{credential=\"app\",app_id=\"1\",installation_id=\"2\",resource=\"core\"} 4998\n"), "{out}");
     }
 }

@@ -424,7 +424,9 @@ async fn phases(
             Some((o, r)) => (Some(o), Some(r), request_body(body)),
             None => (None, None, request_body(body)),
         },
-        PathTarget::AppEndpoint => return Err(ProxyError::AppEndpoint(route.upstream_path.clone())),
+        PathTarget::AppEndpoint => {
+            return Err(ProxyError::AppEndpoint(route.upstream_path.clone()));
+        }
         PathTarget::Graphql => {
             graphql = true;
             if owner_hint.is_some() {
@@ -471,13 +473,15 @@ async fn phases(
         .await;
     record_resolution(record, &resolution);
     if resolution.credential == CredentialKind::None {
-        return Err(ProxyError::NoCredential(resolution.message.clone().unwrap_or_else(|| {
-            format!(
-                "no GitHub credential for {} on {}",
-                owner.as_deref().unwrap_or("this request"),
-                route.integration.host
-            )
-        })));
+        return Err(ProxyError::NoCredential(
+            resolution.message.clone().unwrap_or_else(|| {
+                format!(
+                    "no GitHub credential for {} on {}",
+                    owner.as_deref().unwrap_or("this request"),
+                    route.integration.host
+                )
+            }),
+        ));
     }
     if let Some(client) = client
         && !allows_credential(client, resolution.credential)
@@ -523,15 +527,18 @@ async fn phases(
             }
         }
     }
-    crate::forward::rewrite_response_headers(&mut head.headers, config, route.form, || {
-        match &config.proxy.public_url {
+    crate::forward::rewrite_response_headers(
+        &mut head.headers,
+        config,
+        route.form,
+        || match &config.proxy.public_url {
             Some(base) => base.clone(),
             None => match host.as_ref().and_then(|h| h.to_str().ok()) {
                 Some(host) => format!("http://{host}"),
                 None => format!("http://{}", config.proxy.listen),
             },
-        }
-    });
+        },
+    );
     Ok(Response::from_parts(head, ResponseBody::Upstream(incoming)))
 }
 
