@@ -780,21 +780,12 @@ impl Drop for LoggedBody {
     }
 }
 
-// Adapters for the clients module and the resolver's eviction, written against the agreed
-// signatures; they stand in until those modules land on main.
-
 fn authenticate<'a>(
     clients: &'a [ClientConfig],
     headers: &HeaderMap,
 ) -> Result<Option<&'a ClientConfig>, ProxyError> {
-    let _ = headers;
-    if clients.is_empty() {
-        Ok(None)
-    } else {
-        Err(ProxyError::ClientUnauthenticated(
-            "this proxy requires a client key: send Authorization: Bearer KEY or Proxy-Authorization".into(),
-        ))
-    }
+    crate::clients::authenticate(clients, headers)
+        .map_err(|e| ProxyError::ClientUnauthenticated(e.to_string()))
 }
 
 fn check_policy(
@@ -804,13 +795,14 @@ fn check_policy(
     repo: Option<&str>,
     graphql: bool,
 ) -> Result<(), ProxyError> {
-    let _ = (client, method, owner, repo, graphql);
-    Ok(())
+    crate::clients::check_policy(client, method, owner, repo, graphql)
+        .map_err(ProxyError::ClientPolicy)
 }
 
-fn allows_credential(client: &ClientConfig, kind: CredentialKind) -> bool {
-    client.credentials.contains(&kind)
-}
+use crate::clients::allows_credential;
+
+// Adapter for the resolver's eviction, written against the agreed signature; it stands in until
+// the resolver lands on main.
 
 /// Evicts an App token GitHub rejected; returns how old it was.
 pub(crate) fn evict_token(
