@@ -127,22 +127,9 @@ impl RequestBody {
 /// Maps a failed upstream call to the client-facing error: TLS problems are told apart from
 /// plain connection failures (an operator fixes them differently: `upstream.caFile`).
 pub fn classify(err: &hyper_util::client::legacy::Error, authority: &str) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut timed_out = false;
-    while let Some(e) = source {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return ProxyError::UpstreamTls(format!("TLS with {authority} failed: {tls}"));
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            // io::Error::source() skips the wrapped error itself, so look inside explicitly.
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return ProxyError::UpstreamTls(format!("TLS with {authority} failed: {tls}"));
-            }
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                timed_out = true;
-            }
-        }
-        source = e.source();
+    if let Some(tls) = find_tls(err, &mut timed_out, 0) {
+        return ProxyError::UpstreamTls(format!("TLS with {authority} failed: {tls}"));
     }
     if timed_out {
         return ProxyError::UpstreamTimeout(format!(
@@ -154,6 +141,33 @@ pub fn classify(err: &hyper_util::client::legacy::Error, authority: &str) -> Pro
     } else {
         ProxyError::UpstreamUnreachable(format!("{authority} failed: {}", chain(err)))
     }
+}
+
+/// Looks for a rustls error anywhere in the chain. `io::Error::source()` skips the error it
+/// wraps, so wrapped errors are opened explicitly (hyper-rustls nests them in `io::Error`).
+fn find_tls(
+    err: &(dyn std::error::Error + 'static),
+    timed_out: &mut bool,
+    depth: usize,
+) -> Option<String> {
+    if depth > 16 {
+        return None;
+    }
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls.to_string());
+    }
+    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::TimedOut {
+            *timed_out = true;
+        }
+        if let Some(inner) = io.get_ref() {
+            if let Some(found) = find_tls(inner, timed_out, depth + 1) {
+                return Some(found);
+            }
+        }
+    }
+    err.source()
+        .and_then(|source| find_tls(source, timed_out, depth + 1))
 }
 
 /// An error with its sources, `a: b: c`. Upstream errors hold no secrets (hyper marks
