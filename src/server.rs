@@ -370,16 +370,26 @@ async fn phases(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &*shared.config;
     let (parts, body) = request.into_parts();
-    record.path = Some(parts.uri.path().to_owned());
+    // Until routed, the audit path is the request's own path (bounded: it may be what was too
+    // long); set only on refusal so a served request allocates it once.
+    let refuse = |record: &mut AuditRecord, err: ProxyError| {
+        let path = parts.uri.path();
+        let mut end = path.len().min(1024);
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        record.path = Some(path[..end].to_owned());
+        Err(err)
+    };
 
     // Limits and the method the proxy can never serve.
     if parts.method == Method::CONNECT {
-        return Err(ProxyError::ConnectNotSupported);
+        return refuse(record, ProxyError::ConnectNotSupported);
     }
     let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len())
         + parts.uri.authority().map_or(0, |a| a.as_str().len());
     if uri_len > MAX_URI_LEN {
-        return Err(ProxyError::UriTooLong { limit: MAX_URI_LEN });
+        return refuse(record, ProxyError::UriTooLong { limit: MAX_URI_LEN });
     }
     let head_len: usize = parts
         .headers
@@ -387,14 +397,19 @@ async fn phases(
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
     if head_len > MAX_HEADERS_LEN {
-        return Err(ProxyError::HeadersTooLarge {
-            limit: MAX_HEADERS_LEN,
-        });
+        return refuse(
+            record,
+            ProxyError::HeadersTooLarge {
+                limit: MAX_HEADERS_LEN,
+            },
+        );
     }
 
     // Route.
-    let route = crate::route::route(config, &parts.method, &parts.uri)
-        .map_err(|e| ProxyError::from_reason(e.reason, e.message))?;
+    let route = match crate::route::route(config, &parts.method, &parts.uri) {
+        Ok(route) => route,
+        Err(e) => return refuse(record, ProxyError::from_reason(e.reason, e.message)),
+    };
     record.host = Some(route.authority.clone());
     record.path = Some(route.upstream_path.clone());
 

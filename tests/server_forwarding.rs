@@ -312,3 +312,82 @@ async fn conflicting_content_length_and_transfer_encoding_never_smuggle() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn graphql_owner_comes_from_the_body_which_is_forwarded_intact() {
+    let upstream = Upstream::start(|req| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Response::new(full(body))
+    })
+    .await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    let query = r#"{"query":"query($owner:String!,$name:String!){repository(owner:$owner,name:$name){id}}","variables":{"owner":"acme","name":"widgets"}}"#;
+    let (response, _) = proxy
+        .send(
+            Request::post("/graphql")
+                .header("host", proxy.addr.to_string())
+                .header("content-type", "application/json")
+                .body(full(query))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body(), &Bytes::from(query));
+    assert_eq!(upstream.seen()[0].uri, "/graphql");
+    let records = proxy.stop().await;
+    assert_eq!(records[0]["owner"], "acme");
+    assert_eq!(records[0]["repo"], "widgets");
+}
+
+#[tokio::test]
+async fn requests_without_owner_use_the_header_then_the_default_owner() {
+    let upstream = Upstream::ok().await;
+    let proxy = TestProxy::start(&pat_config(
+        upstream.addr,
+        Some("ghp_testpat"),
+        "  defaultOwner: fallback-org\n",
+    ))
+    .await;
+    let (r, _) = proxy
+        .send(
+            Request::get("/user")
+                .header("host", proxy.addr.to_string())
+                .header("x-github-owner", "acme")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(proxy.get("/rate_limit").await.status(), StatusCode::OK);
+    assert!(upstream.seen()[0].headers.get("x-github-owner").is_none());
+    let records = proxy.stop().await;
+    assert_eq!(records[0]["owner"], "acme");
+    assert_eq!(records[1]["owner"], "fallback-org");
+    assert!(records[1]["repo"].is_null());
+}
+
+#[tokio::test]
+async fn head_request_is_recorded_as_ok() {
+    let upstream = Upstream::start(|_req| async {
+        Response::builder()
+            .header("content-length", "1234")
+            .body(full(Bytes::new()))
+            .unwrap()
+    })
+    .await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    let (r, _) = proxy
+        .send(
+            Request::head("/repos/acme/widgets")
+                .header("host", proxy.addr.to_string())
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let records = proxy.stop().await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["method"], "HEAD");
+    assert_eq!(records[0]["outcome"], "ok");
+    assert_eq!(records[0]["bytes_out"], 0);
+}
