@@ -160,10 +160,11 @@ fn find_tls(
         if io.kind() == std::io::ErrorKind::TimedOut {
             *timed_out = true;
         }
-        if let Some(inner) = io.get_ref() {
-            if let Some(found) = find_tls(inner, timed_out, depth + 1) {
-                return Some(found);
-            }
+        if let Some(found) = io
+            .get_ref()
+            .and_then(|inner| find_tls(inner, timed_out, depth + 1))
+        {
+            return Some(found);
         }
     }
     err.source()
