@@ -129,28 +129,31 @@ pub async fn run_check(config: Arc<Config>, offline: bool) -> CheckReport {
     );
     check_audit(&config, &mut report);
     let client = check_upstream(&config, &mut report);
-    for integration in &config.integrations {
-        check_offline(integration, &mut report);
-    }
-    if offline {
-        return report;
-    }
-    let Some(client) = client else {
-        report.push(
-            Severity::Fail,
-            None,
-            "check".to_string(),
-            "GitHub was not contacted because the upstream client could not be built".to_string(),
-        );
-        return report;
+    let online = match (offline, client) {
+        (true, _) => None,
+        (false, Some(client)) => Some(Online {
+            github: GitHub::new(config.clone(), client.clone()),
+            client,
+            timeout: config.proxy.upstream.response_timeout,
+        }),
+        (false, None) => {
+            report.push(
+                Severity::Fail,
+                None,
+                "check".to_string(),
+                "GitHub was not contacted because the upstream client could not be built"
+                    .to_string(),
+            );
+            None
+        }
     };
-    let github = GitHub::new(config.clone(), client.clone());
-    let online = Online {
-        client,
-        timeout: config.proxy.upstream.response_timeout,
-        github,
-    };
+    // Online, GitHub's verdict on a PAT or key replaces the offline "it is set" line.
+    let quiet = !offline;
     for integration in &config.integrations {
+        check_offline(integration, quiet, &mut report);
+        let Some(online) = &online else {
+            continue;
+        };
         online.check_pat(integration, &mut report).await;
         for (app_index, app) in integration.apps.iter().enumerate() {
             online
@@ -200,6 +203,18 @@ fn check_audit(config: &Config, report: &mut CheckReport) {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    if !dir.is_dir() {
+        report.push(
+            Severity::Fail,
+            None,
+            key,
+            format!(
+                "{shown} cannot be created: directory {} does not exist",
+                dir.display()
+            ),
+        );
+        return;
+    }
     match probe_writable(dir) {
         Ok(()) => report.push(
             Severity::Ok,
@@ -266,7 +281,8 @@ fn check_upstream(config: &Config, report: &mut CheckReport) -> Option<UpstreamC
 }
 
 /// What can be said about an integration without GitHub: the PAT is sendable, the keys parse.
-fn check_offline(integration: &Integration, report: &mut CheckReport) {
+/// `quiet` leaves out the `ok` lines that an online check says better.
+fn check_offline(integration: &Integration, quiet: bool, report: &mut CheckReport) {
     let host = Some(integration.host.as_str());
     let i = integration.index;
     match &integration.token {
@@ -285,6 +301,7 @@ fn check_offline(integration: &Integration, report: &mut CheckReport) {
         ),
         // The value itself is never shown; only whether it can be sent.
         Some(secret) => match Token::new(secret.clone()) {
+            Ok(_) if quiet => {}
             Ok(_) => report.push(
                 Severity::Ok,
                 host,
@@ -302,6 +319,7 @@ fn check_offline(integration: &Integration, report: &mut CheckReport) {
     for (a, app) in integration.apps.iter().enumerate() {
         let key = format!("integrations.github[{i}].apps[{a}].privateKey");
         match AppJwt::new(app.app_id, &app.private_key) {
+            Ok(_) if quiet => {}
             Ok(_) => report.push(
                 Severity::Ok,
                 host,
@@ -619,7 +637,8 @@ fn expiry_finding(value: &str, now: OffsetDateTime) -> (Severity, String) {
             format!("the PAT expired on {date}; create a new one"),
         );
     }
-    let days = left.whole_days();
+    // Rounded, so a PAT made to last 90 days reads "90 days" a few seconds later, not 89.
+    let days = (left + time::Duration::hours(12)).whole_days();
     if left < time::Duration::try_from(EXPIRY_WARNING).unwrap_or(time::Duration::ZERO) {
         return (
             Severity::Warn,
