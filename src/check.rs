@@ -412,7 +412,11 @@ impl Online {
             );
             return;
         }
-        if !status.is_success() {
+        // GitHub Enterprise Server with rate limiting turned off answers `/rate_limit` with 404
+        // "Rate limiting is not enabled." after authenticating: the PAT is fine.
+        let rate_limiting_off = status == StatusCode::NOT_FOUND
+            && github_message(status, &body).contains("Rate limiting is not enabled");
+        if !status.is_success() && !rate_limiting_off {
             report.push(
                 Severity::Fail,
                 host,
@@ -434,7 +438,9 @@ impl Online {
             Some(_) => details.push("scopes: none".to_string()),
             None => details.push("no X-OAuth-Scopes (fine-grained PAT?)".to_string()),
         }
-        if let Some(remaining) = rate_limit_remaining(&headers, &body) {
+        if rate_limiting_off {
+            details.push("rate limiting not enabled on this host".to_string());
+        } else if let Some(remaining) = rate_limit_remaining(&headers, &body) {
             details.push(format!("{remaining} core requests left"));
         }
         let expiry = headers

@@ -92,6 +92,7 @@ fn pat_details(expires_in_days: Option<i64>) -> PatDetails {
         scopes: Some("repo, read:org".to_string()),
         expiration: expires_in_days.map(|d| expiration_in(d, true)),
         remaining: Some(4321),
+        rate_limiting_disabled: false,
     }
 }
 
@@ -449,4 +450,28 @@ async fn fine_grained_pat_without_scopes_or_expiry_is_fine() {
         "{}",
         pat.message
     );
+}
+
+#[tokio::test]
+async fn ghes_without_rate_limiting_still_validates_the_pat() {
+    let fake = FakeGitHub::builder()
+        .pat_with(
+            PAT,
+            PatDetails {
+                rate_limiting_disabled: true,
+                ..pat_details(Some(90))
+            },
+        )
+        .start()
+        .await;
+    let run = check_bin(&TestConfig::new(&fake).token(PAT).yaml(), &[]).await;
+    run.assert_code(0);
+    let ok = run.lines("ok   github.com integrations.github[0].token: valid");
+    assert_eq!(ok.len(), 1, "{}", run.all());
+    assert!(
+        ok[0].contains("rate limiting not enabled on this host"),
+        "{}",
+        ok[0]
+    );
+    assert!(ok[0].contains("scopes: repo, read:org"), "{}", ok[0]);
 }

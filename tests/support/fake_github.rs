@@ -101,6 +101,9 @@ pub struct PatDetails {
     pub expiration: Option<String>,
     /// `resources.core.remaining` and `X-RateLimit-Remaining`; default 4999.
     pub remaining: Option<u64>,
+    /// Answer like GitHub Enterprise Server with rate limiting off: 404 "Rate limiting is not
+    /// enabled." (still with the PAT's headers).
+    pub rate_limiting_disabled: bool,
 }
 
 /// Configures a [`FakeGitHub`] before it starts.
@@ -656,15 +659,20 @@ fn pat_rate_limit(
         .or_else(|| authorization?.strip_prefix("token "))?;
     let details = s.pat_details.get(pat)?;
     let remaining = details.remaining.unwrap_or(4999);
-    let mut response = reply(
-        200,
-        json!({"resources": {"core": {"limit": 5000, "remaining": remaining, "used": 5000 - remaining.min(5000), "reset": now_unix() + 3600}}}),
-    );
+    let mut response = if details.rate_limiting_disabled {
+        message(404, "Rate limiting is not enabled.")
+    } else {
+        let mut response = reply(
+            200,
+            json!({"resources": {"core": {"limit": 5000, "remaining": remaining, "used": 5000 - remaining.min(5000), "reset": now_unix() + 3600}}}),
+        );
+        response.headers_mut().insert(
+            "x-ratelimit-remaining",
+            remaining.to_string().parse().unwrap(),
+        );
+        response
+    };
     let headers = response.headers_mut();
-    headers.insert(
-        "x-ratelimit-remaining",
-        remaining.to_string().parse().unwrap(),
-    );
     if let Some(scopes) = &details.scopes {
         headers.insert("x-oauth-scopes", scopes.parse().unwrap());
     }
