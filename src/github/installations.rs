@@ -1,1 +1,349 @@
-//! installations (resolver helper).
+//! Which installations an App has (SPEC §7.2), cached per App, and the repositories of
+//! `selected` installations, cached per installation.
+//!
+//! Lookup uses `GET /app/installations?per_page=100` (every page), not the per-owner endpoints:
+//! one call answers for every owner the proxy will see (an org-wide proxy sees dozens), its
+//! result is what `check` and public access need anyway (all installations, in order), and a
+//! miss costs no extra request per unknown owner. The list is kept up to 10 minutes; an owner
+//! not in it triggers a fresh list at most once per 60 s (so at most once per app per owner per
+//! 60 s), and concurrent lookups share one request (a per-app async mutex with a double check).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::time::Instant;
+
+use super::TokenError;
+
+/// The installation list is trusted this long.
+pub const LIST_TTL: Duration = Duration::from_secs(600);
+/// An owner missing from the list (or a repo missing from a selection) is re-checked at most
+/// this often.
+pub const MISS_RECHECK: Duration = Duration::from_secs(60);
+
+/// The facts of one installation the decision needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installation {
+    pub id: u64,
+    /// The account login as GitHub spells it.
+    pub account: String,
+    /// `suspended_at` was non-null.
+    pub suspended: bool,
+    /// `repository_selection == "selected"`.
+    pub selected: bool,
+}
+
+struct Snapshot {
+    /// In GitHub's order (public access uses the first admitted one).
+    list: Arc<Vec<Installation>>,
+    by_owner: HashMap<String, usize>,
+    fetched_at: Option<Instant>,
+}
+
+impl Snapshot {
+    fn empty() -> Self {
+        Snapshot {
+            list: Arc::new(Vec::new()),
+            by_owner: HashMap::new(),
+            fetched_at: None,
+        }
+    }
+
+    fn new(list: Vec<Installation>, at: Instant) -> Self {
+        let by_owner = list
+            .iter()
+            .enumerate()
+            .map(|(i, inst)| (inst.account.to_ascii_lowercase(), i))
+            .collect();
+        Snapshot {
+            list: Arc::new(list),
+            by_owner,
+            fetched_at: Some(at),
+        }
+    }
+
+    fn find(&self, owner: &str) -> Option<Installation> {
+        let i = if owner.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_owner.get(&owner.to_ascii_lowercase())
+        } else {
+            self.by_owner.get(owner)
+        };
+        i.and_then(|&i| self.list.get(i).cloned())
+    }
+
+    fn age(&self, now: Instant) -> Option<Duration> {
+        self.fetched_at.map(|at| now.saturating_duration_since(at))
+    }
+}
+
+/// How long lookups are trusted. The defaults are SPEC §7.2's; tests over real TLS shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// The installation list (and a selected installation's repositories) is trusted this long.
+    pub list_ttl: Duration,
+    /// An owner (or repo) missing from a cached list is re-checked at most this often.
+    pub miss_recheck: Duration,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            list_ttl: LIST_TTL,
+            miss_recheck: MISS_RECHECK,
+        }
+    }
+}
+
+/// The installations of one App.
+pub struct Installations {
+    policy: CachePolicy,
+    snapshot: RwLock<Arc<Snapshot>>,
+    refresh: tokio::sync::Mutex<()>,
+    repos: DashMap<u64, Arc<RepoList>>,
+    repo_locks: DashMap<u64, Arc<tokio::sync::Mutex<()>>>,
+}
+
+struct RepoList {
+    names: HashSet<String>,
+    fetched_at: Instant,
+}
+
+impl Installations {
+    pub fn new(policy: CachePolicy) -> Self {
+        Installations {
+            policy,
+            snapshot: RwLock::new(Arc::new(Snapshot::empty())),
+            refresh: tokio::sync::Mutex::new(()),
+            repos: DashMap::new(),
+            repo_locks: DashMap::new(),
+        }
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The installation on `owner` (case-insensitive), `None` when the App is not installed there.
+    /// `fetch` lists every installation; it runs only when the cache cannot answer.
+    pub async fn lookup<F, Fut>(
+        &self,
+        owner: &str,
+        fetch: F,
+    ) -> Result<Option<Installation>, TokenError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<Installation>, TokenError>>,
+    {
+        let seen = self.current();
+        if let Some(answer) = self.answer(&seen, owner, Instant::now()) {
+            return Ok(answer);
+        }
+        let _guard = self.refresh.lock().await;
+        let now_snap = self.current();
+        // Another caller refreshed while we waited: its list is as fresh as it gets.
+        if now_snap.fetched_at != seen.fetched_at && now_snap.fetched_at.is_some() {
+            return Ok(now_snap.find(owner));
+        }
+        let list = fetch().await?;
+        let snap = Arc::new(Snapshot::new(list, Instant::now()));
+        let found = snap.find(owner);
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
+        Ok(found)
+    }
+
+    /// Every installation, in GitHub's order (public access), fetched when the list is stale.
+    pub async fn all<F, Fut>(&self, fetch: F) -> Result<Arc<Vec<Installation>>, TokenError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<Installation>, TokenError>>,
+    {
+        let seen = self.current();
+        if seen
+            .age(Instant::now())
+            .is_some_and(|age| age < self.policy.list_ttl)
+        {
+            return Ok(seen.list.clone());
+        }
+        let _guard = self.refresh.lock().await;
+        let now_snap = self.current();
+        if now_snap.fetched_at != seen.fetched_at && now_snap.fetched_at.is_some() {
+            return Ok(now_snap.list.clone());
+        }
+        let snap = Arc::new(Snapshot::new(fetch().await?, Instant::now()));
+        let list = snap.list.clone();
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
+        Ok(list)
+    }
+
+    /// What the cache can say without GitHub: `Some(answer)`, or `None` when a fetch is due.
+    fn answer(&self, snap: &Snapshot, owner: &str, now: Instant) -> Option<Option<Installation>> {
+        let age = snap.age(now)?;
+        if age >= self.policy.list_ttl {
+            return None;
+        }
+        match snap.find(owner) {
+            Some(found) => Some(Some(found)),
+            None if age < self.policy.miss_recheck => Some(None),
+            None => None,
+        }
+    }
+
+    /// Forgets installation `id` (a mint answered 404/410: it was uninstalled): the next lookup
+    /// fetches the list again.
+    pub fn forget(&self, id: u64) {
+        let mut slot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
+        let list: Vec<Installation> = slot.list.iter().filter(|i| i.id != id).cloned().collect();
+        let mut snap = Snapshot::new(list, Instant::now());
+        snap.fetched_at = None;
+        *slot = Arc::new(snap);
+        self.repos.remove(&id);
+    }
+
+    /// Whether `repo` is among the repositories of the `selected` installation `id`. A repo not
+    /// in the cached list is re-fetched at most once per 60 s before answering `false`; the
+    /// list is trusted at most 10 minutes.
+    pub async fn repo_selected<F, Fut>(
+        &self,
+        id: u64,
+        repo: &str,
+        fetch: F,
+    ) -> Result<bool, TokenError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<String>, TokenError>>,
+    {
+        let repo = repo.to_ascii_lowercase();
+        let seen = self.repos.get(&id).map(|r| r.clone());
+        if let Some(answer) = seen
+            .as_ref()
+            .and_then(|list| self.repo_answer(list, &repo, Instant::now()))
+        {
+            return Ok(answer);
+        }
+        let lock = self
+            .repo_locks
+            .entry(id)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let _guard = lock.lock().await;
+        if let Some(list) = self.repos.get(&id).map(|r| r.clone()) {
+            let changed = seen
+                .as_ref()
+                .is_none_or(|s| s.fetched_at != list.fetched_at);
+            if changed {
+                return Ok(list.names.contains(&repo));
+            }
+        }
+        let names: HashSet<String> = fetch()
+            .await?
+            .into_iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        let found = names.contains(&repo);
+        self.repos.insert(
+            id,
+            Arc::new(RepoList {
+                names,
+                fetched_at: Instant::now(),
+            }),
+        );
+        Ok(found)
+    }
+
+    fn repo_answer(&self, list: &RepoList, repo: &str, now: Instant) -> Option<bool> {
+        let age = now.saturating_duration_since(list.fetched_at);
+        if age >= self.policy.list_ttl {
+            return None;
+        }
+        if list.names.contains(repo) {
+            Some(true)
+        } else if age < self.policy.miss_recheck {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn inst(id: u64, account: &str) -> Installation {
+        Installation {
+            id,
+            account: account.to_string(),
+            suspended: false,
+            selected: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn miss_refetches_at_most_once_a_minute_and_hits_last_ten_minutes() {
+        let cache = Installations::new(CachePolicy::default());
+        let calls = AtomicU64::new(0);
+        let fetch = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![inst(1, "Acme")])
+        };
+        assert_eq!(cache.lookup("acme", fetch).await.unwrap().unwrap().id, 1);
+        assert_eq!(cache.lookup("ACME", fetch).await.unwrap().unwrap().id, 1);
+        assert_eq!(cache.lookup("other", fetch).await.unwrap(), None);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(cache.lookup("other", fetch).await.unwrap(), None);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(cache.lookup("other", fetch).await.unwrap(), None);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        tokio::time::advance(Duration::from_secs(599)).await;
+        assert!(cache.lookup("acme", fetch).await.unwrap().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(cache.lookup("acme", fetch).await.unwrap().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forget_makes_the_next_lookup_fetch() {
+        let cache = Installations::new(CachePolicy::default());
+        let calls = AtomicU64::new(0);
+        let fetch = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![inst(1, "acme")])
+        };
+        cache.lookup("acme", fetch).await.unwrap();
+        cache.forget(1);
+        cache.lookup("acme", fetch).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repo_not_in_selection_is_rechecked_at_most_once_a_minute() {
+        let cache = Installations::new(CachePolicy::default());
+        let calls = AtomicU64::new(0);
+        let repos = std::sync::Mutex::new(vec!["widgets".to_string()]);
+        let fetch = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(repos.lock().unwrap().clone())
+        };
+        assert!(cache.repo_selected(1, "Widgets", fetch).await.unwrap());
+        assert!(!cache.repo_selected(1, "gadgets", fetch).await.unwrap());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        repos.lock().unwrap().push("gadgets".to_string());
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!cache.repo_selected(1, "gadgets", fetch).await.unwrap());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(cache.repo_selected(1, "gadgets", fetch).await.unwrap());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+}
