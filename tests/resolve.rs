@@ -470,3 +470,37 @@ async fn debug_output_never_shows_a_secret() {
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
     assert!(!shown.contains("eyJ"), "no JWT: {shown}");
 }
+
+#[tokio::test]
+async fn test_config_yaml_parses_to_the_hand_built_config() {
+    let fake = FakeGitHub::builder().start().await;
+    let make = || {
+        TestConfig::new(&fake)
+            .token(PAT)
+            .app(
+                TestApp::new(APP1, APP1_KEY)
+                    .allowed_owners(&["Acme"])
+                    .public_access(),
+            )
+            .allow_anonymous()
+            .default_owner("acme")
+    };
+    let parsed = make().build();
+    let direct = make().build_direct();
+    let (p, d) = (&parsed.integrations[0], &direct.integrations[0]);
+    assert_eq!((&p.host, &p.api, p.index), (&d.host, &d.api, d.index));
+    assert_eq!(p.apps.len(), 1);
+    assert_eq!(p.apps[0].app_id, APP1);
+    assert_eq!(
+        p.apps[0].allowed_installation_owners,
+        d.apps[0].allowed_installation_owners
+    );
+    assert!(p.apps[0].public_access);
+    assert!(parsed.proxy.allow_anonymous);
+    assert_eq!(parsed.proxy.default_owner.as_deref(), Some("acme"));
+    assert_eq!(parsed.proxy.upstream.ca_file, direct.proxy.upstream.ca_file);
+    assert_eq!(
+        parsed.proxy.refresh_before_expiry,
+        direct.proxy.refresh_before_expiry
+    );
+}
