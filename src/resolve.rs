@@ -420,11 +420,12 @@ fn refusal_message(
     }
     if integration.apps.is_empty() {
         tried.push("no GitHub App is configured".to_string());
-        if owner.is_some() {
-            todo.push("configure a GitHub App".to_string());
-        }
     }
-    todo.push("configure a PAT".to_string());
+    todo.push(if integration.apps.is_empty() && owner.is_some() {
+        "configure a GitHub App or a PAT".to_string()
+    } else {
+        "configure a PAT".to_string()
+    });
     format!(
         "no GitHub credential for {target} on {host}: {tried} and integrations.github[{i}].token is not set; {todo}",
         host = integration.host,

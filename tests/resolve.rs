@@ -529,11 +529,19 @@ async fn explain_gives_the_resolvers_decision_for_every_url_form() {
 
     // Forward-proxy form on the api origin.
     let url = format!("{}/repos/acme/widgets/pulls", fake.api_url());
-    let e = explain(&config, &resolver, &url, &Method::GET).await.unwrap();
+    let e = explain(&config, &resolver, &url, &Method::GET)
+        .await
+        .unwrap();
     assert_eq!(e.integration.as_deref(), Some("github.com"));
     assert_eq!(e.origin.as_deref(), Some("api"));
-    assert_eq!((e.owner.as_deref(), e.repo.as_deref()), (Some("acme"), Some("widgets")));
-    assert_eq!((e.credential, e.reason), (CredentialKind::App, Reason::Installed));
+    assert_eq!(
+        (e.owner.as_deref(), e.repo.as_deref()),
+        (Some("acme"), Some("widgets"))
+    );
+    assert_eq!(
+        (e.credential, e.reason),
+        (CredentialKind::App, Reason::Installed)
+    );
     assert_eq!((e.app_id, e.installation_id), (Some(APP1), Some(678)));
     let minted = fake.issued_tokens();
     assert_eq!(minted.len(), 1);
@@ -548,11 +556,19 @@ async fn explain_gives_the_resolvers_decision_for_every_url_form() {
     assert!(tree.contains("✔ App 12345: used (installed)"), "{tree}");
 
     // The proxy's own address: routed as an origin-form request to the default integration.
-    let e = explain(&config, &resolver, "http://proxy:8080/repos/globex/x", &Method::GET)
-        .await
-        .unwrap();
+    let e = explain(
+        &config,
+        &resolver,
+        "http://proxy:8080/repos/globex/x",
+        &Method::GET,
+    )
+    .await
+    .unwrap();
     assert_eq!(e.origin.as_deref(), Some("api"));
-    assert_eq!((e.credential, e.reason), (CredentialKind::Pat, Reason::NotInstalled));
+    assert_eq!(
+        (e.credential, e.reason),
+        (CredentialKind::Pat, Reason::NotInstalled)
+    );
     assert_eq!(e.steps[0].reason, Some(Reason::NotInstalled));
 
     // The web origin (git, archives, blob pages).
@@ -565,25 +581,46 @@ async fn explain_gives_the_resolvers_decision_for_every_url_form() {
     .await
     .unwrap();
     assert_eq!(e.origin.as_deref(), Some("web"));
-    assert_eq!((e.credential, e.reason), (CredentialKind::App, Reason::Installed));
+    assert_eq!(
+        (e.credential, e.reason),
+        (CredentialKind::App, Reason::Installed)
+    );
 
     // No owner.
-    let e = explain(&config, &resolver, "http://proxy:8080/rate_limit", &Method::GET)
-        .await
-        .unwrap();
-    assert_eq!((e.credential, e.reason), (CredentialKind::Pat, Reason::NoOwner));
+    let e = explain(
+        &config,
+        &resolver,
+        "http://proxy:8080/rate_limit",
+        &Method::GET,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (e.credential, e.reason),
+        (CredentialKind::Pat, Reason::NoOwner)
+    );
 }
 
 #[tokio::test]
 async fn explain_reports_refusals_before_resolution() {
     use gh_token_proxy::explain::explain;
     let (_fake, config, resolver) = explain_fixture().await;
-    let err = explain(&config, &resolver, "http://proxy:8080/app/installations", &Method::GET)
-        .await
-        .unwrap_err();
+    let err = explain(
+        &config,
+        &resolver,
+        "http://proxy:8080/app/installations",
+        &Method::GET,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.reason, Reason::AppEndpoint);
-    let err = explain(&config, &resolver, "http://proxy:8080/repos/a/%2e%2e", &Method::GET)
-        .await
-        .unwrap_err();
+    let err = explain(
+        &config,
+        &resolver,
+        "http://proxy:8080/repos/a/%2e%2e",
+        &Method::GET,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.reason, Reason::InvalidPath);
 }
