@@ -29,8 +29,8 @@ pub const MISS_RECHECK: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installation {
     pub id: u64,
-    /// The account login as GitHub spells it.
-    pub account: String,
+    /// The account login as GitHub spells it (shared: cloned on every lookup).
+    pub account: Arc<str>,
     /// `suspended_at` was non-null.
     pub suspended: bool,
     /// `repository_selection == "selected"`.
@@ -317,7 +317,7 @@ mod tests {
     fn inst(id: u64, account: &str) -> Installation {
         Installation {
             id,
-            account: account.to_string(),
+            account: account.into(),
             suspended: false,
             selected: false,
         }
