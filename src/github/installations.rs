@@ -24,6 +24,9 @@ pub const LIST_TTL: Duration = Duration::from_secs(600);
 /// An owner missing from the list (or a repo missing from a selection) is re-checked at most
 /// this often.
 pub const MISS_RECHECK: Duration = Duration::from_secs(60);
+/// After a failed list fetch, GitHub is not asked again for this long: requests get the stale
+/// answer or the error, so an outage is not hammered by one fetch after another.
+pub const FAILURE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The facts of one installation the decision needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +109,7 @@ pub struct Installations {
     /// List fetches finished, and the last failed one: callers queued behind a failing fetch
     /// share its error instead of each fetching in turn.
     fetches: AtomicU64,
-    last_failure: Mutex<Option<(u64, TokenError)>>,
+    last_failure: Mutex<Option<(u64, Instant, TokenError)>>,
     repos: DashMap<u64, Arc<RepoList>>,
     repo_locks: DashMap<u64, Arc<tokio::sync::Mutex<()>>>,
 }
@@ -204,17 +207,20 @@ impl Installations {
 
     fn finish<T>(&self, result: Result<T, TokenError>) -> Result<T, TokenError> {
         let fetch = self.fetches.fetch_add(1, Ordering::AcqRel) + 1;
-        if let Err(err) = &result {
-            *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((fetch, err.clone()));
-        }
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = match &result {
+            Ok(_) => None,
+            Err(err) => Some((fetch, Instant::now(), err.clone())),
+        };
         result
     }
 
+    /// The error of a fetch that failed after fetch number `seen`, or within the backoff.
     fn failed_since(&self, seen: u64) -> Option<TokenError> {
         let failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
         match &*failure {
-            Some((fetch, err)) if *fetch > seen => Some(err.clone()),
+            Some((fetch, at, err)) if *fetch > seen || at.elapsed() < FAILURE_BACKOFF => {
+                Some(err.clone())
+            }
             _ => None,
         }
     }
@@ -427,5 +433,20 @@ mod tests {
             "stale but known"
         );
         assert!(results[1..].iter().all(|r| r.is_err()));
+
+        // Within the backoff GitHub is not asked again; after it, it is.
+        let counting = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![inst(1, "acme"), inst(2, "globex")])
+        };
+        assert_eq!(cache.lookup("acme", counting).await.unwrap().unwrap().id, 1);
+        assert!(cache.lookup("globex", counting).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(FAILURE_BACKOFF).await;
+        assert_eq!(
+            cache.lookup("globex", counting).await.unwrap().unwrap().id,
+            2
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }
