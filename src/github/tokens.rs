@@ -171,10 +171,13 @@ where
         let now = Instant::now();
         let token = Arc::new(minted.token);
         let expires_at = now + minted.lifetime;
-        let refresh_at = expires_at
-            .checked_sub(self.refresh_before_expiry)
-            .unwrap_or(now)
-            .max(now);
+        // A token shorter-lived than the margin would be "due for refresh" from birth and
+        // every request would start another mint; refresh such a token at half its life.
+        let refresh_at = if minted.lifetime > self.refresh_before_expiry {
+            expires_at - self.refresh_before_expiry
+        } else {
+            now + minted.lifetime / 2
+        };
         self.tokens.insert(
             key.clone(),
             Cached {
@@ -409,5 +412,24 @@ mod tests {
         assert!(err.to_string().contains("boom"));
         let mint = FakeMint::new(HOUR, Duration::ZERO);
         assert_eq!(cache.get(&1, mint.mint()).await.unwrap().expose(), "tok-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_shorter_lived_than_the_margin_refreshes_at_half_life() {
+        let cache = Arc::new(TokenCache::<u64>::new(Duration::from_secs(600)));
+        let mint = FakeMint::new(Duration::from_secs(300), Duration::ZERO);
+        cache.get(&1, mint.mint()).await.unwrap();
+        for _ in 0..149 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            cache.get(&1, mint.mint()).await.unwrap();
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(mint.mints(), 1, "no refresh before half-life");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..100 {
+            cache.get(&1, mint.mint()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(mint.mints(), 2, "one refresh, not one per request");
     }
 }
