@@ -1,0 +1,215 @@
+//! Signals on the real binary (SPEC §8, §7.3, §9): SIGTERM drains (in-flight requests finish and
+//! are audited, `/readyz` answers 503, new connections get no service, exit 0); SIGHUP reopens
+//! the audit file for log rotation.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod server_common;
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use server_common::{Upstream, WAIT, full, send_to};
+use support::process::{PROCESS_WAIT, ProxyProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long the upstream takes to answer the slow request.
+const SLOW: Duration = Duration::from_secs(2);
+
+fn config(upstream: SocketAddr) -> impl Fn(SocketAddr, SocketAddr, &Path) -> String {
+    move |listen, admin, audit| {
+        format!(
+            "integrations:\n  github:\n    - host: github.com\n      apiBaseUrl: http://{upstream}\n      token: ghp_shutdowntest\nproxy:\n  listen: {listen}\n  admin:\n    listen: {admin}\n  audit:\n    path: {}\n",
+            audit.display()
+        )
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Response<Bytes> {
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .body(full(Bytes::new()))
+        .unwrap();
+    send_to(addr, req).await.0
+}
+
+/// `GET /readyz` on a fresh connection; `None` when the admin listener does not answer.
+async fn readyz(admin: SocketAddr) -> Option<u16> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(admin).await.ok()?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out);
+        text.split_whitespace().nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// What a client opening a new connection after the drain began experiences.
+// The texts are read through `Debug` in assertion messages.
+#[allow(dead_code)]
+#[derive(Debug)]
+enum NewConnection {
+    Refused,
+    /// Connected, but no HTTP response came back (closed, reset or silent).
+    NoService(String),
+    Served(String),
+}
+
+async fn try_new_connection(addr: SocketAddr) -> NewConnection {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return NewConnection::Refused;
+    };
+    let request = "GET /repos/acme/widgets HTTP/1.1\r\nhost: proxy\r\nconnection: close\r\n\r\n";
+    if let Err(err) = stream.write_all(request.as_bytes()).await {
+        return NewConnection::NoService(format!("write failed: {err}"));
+    }
+    let mut out = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut out)).await {
+        Ok(Ok(_)) if out.starts_with(b"HTTP/") => {
+            NewConnection::Served(String::from_utf8_lossy(&out).into_owned())
+        }
+        Ok(Ok(_)) => NewConnection::NoService("closed without a response".into()),
+        Ok(Err(err)) => NewConnection::NoService(format!("read failed: {err}")),
+        Err(_) => NewConnection::NoService("no answer within 1 s".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_request_then_exits_zero() {
+    let upstream = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path().ends_with("/slow") {
+            tokio::time::sleep(SLOW).await;
+        }
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full("{\"slow\":\"done\"}"))
+            .unwrap()
+    })
+    .await;
+    let mut proxy = ProxyProcess::start(config(upstream.addr));
+    assert_eq!(readyz(proxy.admin_addr).await, Some(200));
+
+    let addr = proxy.addr;
+    let slow = tokio::spawn(async move { get(addr, "/repos/acme/widgets/slow").await });
+    // The request is in flight once the upstream has it.
+    let deadline = Instant::now() + WAIT;
+    while !upstream.seen().iter().any(|s| s.uri.ends_with("/slow")) {
+        assert!(Instant::now() < deadline, "the slow request never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let term_sent = Instant::now();
+    proxy.signal("TERM");
+
+    // /readyz turns 503 while the slow request is still running.
+    let deadline = Instant::now() + WAIT;
+    let mut statuses = Vec::new();
+    loop {
+        let status = readyz(proxy.admin_addr).await;
+        statuses.push(status);
+        if status == Some(503) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never answered 503 after SIGTERM: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !slow.is_finished(),
+        "the drain should still be waiting for the slow request"
+    );
+    // New connections get no service once the drain began.
+    let newcomer = try_new_connection(proxy.addr).await;
+    assert!(
+        !matches!(newcomer, NewConnection::Served(_)),
+        "a new connection was served during the drain: {newcomer:?}"
+    );
+    assert!(
+        !slow.is_finished(),
+        "checks should have run inside the drain"
+    );
+    eprintln!(
+        "/readyz 503 and new connection {newcomer:?} within {:?} of SIGTERM",
+        term_sent.elapsed()
+    );
+
+    // The in-flight request completes normally.
+    let response = tokio::time::timeout(WAIT, slow).await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.body().as_ref(), b"{\"slow\":\"done\"}");
+    assert_eq!(response.headers()["x-credential-type"], "pat");
+
+    let status = proxy.wait_exit(PROCESS_WAIT);
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", proxy.stderr());
+    eprintln!("exited {status} {:?} after SIGTERM", term_sent.elapsed());
+
+    let records = ProxyProcess::audit_records(&proxy.audit_path);
+    let slow_record = records
+        .iter()
+        .find(|r| r["path"] == "/repos/acme/widgets/slow")
+        .unwrap_or_else(|| panic!("no audit record for the slow request: {records:?}"));
+    assert_eq!(slow_record["status"], 200, "{slow_record}");
+    assert_eq!(slow_record["outcome"], "ok");
+    assert_eq!(slow_record["credential"], "pat");
+    assert_eq!(
+        slow_record["request_id"],
+        response.headers()["x-request-id"].to_str().unwrap()
+    );
+    assert!(slow_record["duration_ms"].as_f64().unwrap() >= SLOW.as_millis() as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_audit_file() {
+    let upstream = Upstream::ok().await;
+    let mut proxy = ProxyProcess::start(config(upstream.addr));
+
+    let first = get(proxy.addr, "/repos/acme/before-rotation").await;
+    assert_eq!(first.status(), 200);
+    proxy.wait_audit(&proxy.audit_path, 1);
+
+    // Rotate: the process keeps writing to the renamed file until told to reopen.
+    let rotated = proxy.dir.path().join("audit.log.1");
+    std::fs::rename(&proxy.audit_path, &rotated).unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + PROCESS_WAIT;
+    while !proxy.audit_path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not recreate {}; stderr:\n{}",
+            proxy.audit_path.display(),
+            proxy.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let second = get(proxy.addr, "/repos/acme/after-rotation").await;
+    assert_eq!(second.status(), 200);
+    let records = proxy.wait_audit(&proxy.audit_path, 1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["path"], "/repos/acme/after-rotation");
+    assert_eq!(
+        records[0]["request_id"],
+        second.headers()["x-request-id"].to_str().unwrap()
+    );
+    let old = ProxyProcess::audit_records(&rotated);
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert_eq!(old[0]["path"], "/repos/acme/before-rotation");
+
+    // Still a clean stop afterwards.
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(PROCESS_WAIT).code(), Some(0));
+    assert!(proxy.stderr().contains("audit log reopened"));
+}
