@@ -65,14 +65,20 @@ fn assert_refusal_with_advice(proxy: &mut ProxyProcess) {
     eprintln!("403 body: {body}");
     assert_eq!(status, 403, "{body}");
     assert_eq!(header(&headers, "x-credential-type"), Some("none"));
-    assert_eq!(header(&headers, "x-credential-reason"), Some("no_credential"));
+    assert_eq!(
+        header(&headers, "x-credential-reason"),
+        Some("no_credential")
+    );
     assert_eq!(header(&headers, "x-request-id").map(str::len), Some(26));
     assert!(header(&headers, "content-type").is_some_and(|c| c.starts_with("application/json")));
     assert_eq!(body["reason"], "no_credential");
     let message = body["message"].as_str().unwrap();
     assert!(message.contains("octocat"), "names the owner: {message}");
     assert!(message.contains("github.com"), "names the host: {message}");
-    assert!(message.contains("App"), "mentions the GitHub App: {message}");
+    assert!(
+        message.contains("App"),
+        "mentions the GitHub App: {message}"
+    );
     assert!(
         message.contains("PAT") || message.contains("token"),
         "mentions the PAT: {message}"
@@ -168,16 +174,20 @@ fn readme_command_refuses_with_advice_on_port_8080() {
         .current_dir(repo_root())
         .args(["serve", "--config", README_CONFIG]);
     let audit = dir.path().join("unused");
-    let mut proxy = ProxyProcess::spawn(
+    let started = ProxyProcess::spawn(
         command,
         dir,
         Path::new(README_CONFIG).to_path_buf(),
         audit,
         SocketAddr::from(([127, 0, 0, 1], 8080)),
         SocketAddr::from(([127, 0, 0, 1], 9090)),
-    )
-    .unwrap_or_else(|err| {
-        panic!("the README command did not start (ports 8080/9090 taken meanwhile?): {err}")
-    });
-    assert_refusal_with_advice(&mut proxy);
+    );
+    match started {
+        Ok(mut proxy) => assert_refusal_with_advice(&mut proxy),
+        // Another process took a port between the check and the bind (tests run in parallel).
+        Err(err) if err.contains("cannot listen") => {
+            eprintln!("SKIPPED: port 8080 or 9090 was taken meanwhile: {err}");
+        }
+        Err(err) => panic!("the README command did not start: {err}"),
+    }
 }

@@ -79,8 +79,9 @@ impl ProxyProcess {
         panic!("the proxy did not start: {last_error}");
     }
 
-    /// Spawns `command` (stdout and stderr to files in `dir`) and waits until `addr` and
-    /// `admin_addr` accept connections. `Err` (with the process's stderr) if it exited first.
+    /// Spawns `command` (stdout and stderr to files in `dir`) and waits until it logs that it is
+    /// serving and `addr` and `admin_addr` accept connections. `Err` (with the process's stderr)
+    /// if it exited first.
     pub fn spawn(
         mut command: Command,
         dir: tempfile::TempDir,
@@ -111,7 +112,12 @@ impl ProxyProcess {
             if let Some(status) = process.child_mut().try_wait().unwrap() {
                 return Err(format!("exited with {status}: {}", process.stderr()));
             }
-            if TcpStream::connect(addr).is_ok() && TcpStream::connect(admin_addr).is_ok() {
+            // The "serving" line comes after both binds: a port that answers before it may
+            // belong to another process (a collision this process is about to report).
+            if process.stderr().contains(" serving")
+                && TcpStream::connect(addr).is_ok()
+                && TcpStream::connect(admin_addr).is_ok()
+            {
                 return Ok(process);
             }
             if Instant::now() > deadline {
