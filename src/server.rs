@@ -821,9 +821,6 @@ fn check_policy(
 
 use crate::clients::allows_credential;
 
-// Adapter for the resolver's eviction, written against the agreed signature; it stands in until
-// the resolver lands on main.
-
 /// Evicts an App token GitHub rejected; returns how old it was.
 pub(crate) fn evict_token(
     shared: &Shared,
@@ -831,6 +828,8 @@ pub(crate) fn evict_token(
     app_id: u64,
     installation_id: u64,
 ) -> Option<Duration> {
-    let _ = (shared, integration_index, app_id, installation_id);
-    None
+    shared
+        .resolver
+        .github()
+        .evict_token(integration_index, app_id, installation_id)
 }
