@@ -1,5 +1,5 @@
 //! `gh-token-proxy serve` as a process: bind failures exit 1 with a clear message; SIGTERM
-//! drains, flushes the audit log and exits 0.
+//! drains, flushes the audit log and exits 0; SIGHUP reopens the audit file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
@@ -60,7 +60,7 @@ fn bind_failure_exits_1_naming_the_address() {
 }
 
 #[test]
-fn sigterm_drains_and_exits_0() {
+fn sighup_reopens_the_audit_log_and_sigterm_drains_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gh-token-proxy"))
@@ -87,19 +87,53 @@ fn sigterm_drains_and_exits_0() {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    // One refused request (unknown host) so the audit log has something to flush.
-    let mut stream = std::net::TcpStream::connect(&listen).unwrap();
-    std::io::Write::write_all(
-        &mut stream,
-        b"GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
+    let refused_request = || {
+        let mut stream = std::net::TcpStream::connect(&listen).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        )
         .unwrap();
-    let mut response = String::new();
-    let _ = std::io::Read::read_to_string(&mut stream, &mut response);
-    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut response = String::new();
+        let _ = std::io::Read::read_to_string(&mut stream, &mut response);
+        assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    };
+    refused_request();
+
+    // Log rotation: move the file away, SIGHUP, and the next record lands in a new file.
+    let audit = dir.path().join("audit.log");
+    let rotated = dir.path().join("audit.log.1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&audit)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 1
+    {
+        assert!(Instant::now() < deadline, "first record never written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::rename(&audit, &rotated).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    loop {
+        assert!(Instant::now() < deadline, "{seen}");
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("exited early: {seen}");
+        }
+        seen.push_str(&line);
+        if line.contains("audit log reopened") {
+            break;
+        }
+    }
+    refused_request();
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -108,7 +142,9 @@ fn sigterm_drains_and_exits_0() {
     assert!(status.success());
     let status = wait_exit(&mut child);
     assert_eq!(status.code(), Some(0));
-    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
-    assert_eq!(audit.lines().count(), 1, "{audit}");
-    assert!(audit.contains("\"reason\":\"unknown_host\""));
+    for file in [&rotated, &audit] {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("\"reason\":\"unknown_host\""));
+    }
 }
