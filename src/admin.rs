@@ -169,23 +169,7 @@ async fn explain_json(
     if let Some(client) =
         client.and_then(|name| shared.config.proxy.clients.iter().find(|c| c.name == name))
     {
-        let policy = crate::clients::check_policy(
-            client,
-            method,
-            explanation.owner.as_deref(),
-            explanation.repo.as_deref(),
-            explanation.origin.as_deref() == Some("graphql"),
-        );
-        let refused = policy.is_err()
-            || (explanation.credential != crate::credential::CredentialKind::None
-                && !crate::clients::allows_credential(client, explanation.credential));
-        if refused {
-            explanation.credential = crate::credential::CredentialKind::None;
-            explanation.reason = crate::credential::Reason::ClientPolicy;
-            explanation.app_id = None;
-            explanation.installation_id = None;
-            explanation.hashed_token = None;
-        }
+        explanation.apply_client_policy(client, method);
     }
     serde_json::to_vec(&explanation).map_err(|e| e.to_string())
 }
