@@ -21,11 +21,42 @@ use tokio::net::TcpStream;
 const SLOW: Duration = Duration::from_secs(2);
 
 fn config(upstream: SocketAddr) -> impl Fn(SocketAddr, SocketAddr, &Path) -> String {
+    config_with(upstream, "")
+}
+
+/// As [`config`], with `extra` lines appended under `proxy:` (indented by the caller).
+fn config_with(
+    upstream: SocketAddr,
+    extra: &'static str,
+) -> impl Fn(SocketAddr, SocketAddr, &Path) -> String {
     move |listen, admin, audit| {
         format!(
-            "integrations:\n  github:\n    - host: github.com\n      apiBaseUrl: http://{upstream}\n      token: ghp_shutdowntest\nproxy:\n  listen: {listen}\n  admin:\n    listen: {admin}\n  audit:\n    path: {}\n",
+            "integrations:\n  github:\n    - host: github.com\n      apiBaseUrl: http://{upstream}\n      token: ghp_shutdowntest\nproxy:\n  listen: {listen}\n  admin:\n    listen: {admin}\n  audit:\n    path: {}\n{extra}",
             audit.display()
         )
+    }
+}
+
+/// An upstream that answers `/slow` after `delay` and anything else at once.
+async fn slow_upstream(delay: Duration) -> Upstream {
+    Upstream::start(move |req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path().ends_with("/slow") {
+            tokio::time::sleep(delay).await;
+        }
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full("{\"slow\":\"done\"}"))
+            .unwrap()
+    })
+    .await
+}
+
+/// Polls until the upstream has received a request for `/slow` (it is then in flight).
+async fn wait_in_flight(upstream: &Upstream) {
+    let deadline = Instant::now() + WAIT;
+    while !upstream.seen().iter().any(|s| s.uri.ends_with("/slow")) {
+        assert!(Instant::now() < deadline, "the slow request never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -88,27 +119,13 @@ async fn try_new_connection(addr: SocketAddr) -> NewConnection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_request_then_exits_zero() {
-    let upstream = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
-        if req.uri().path().ends_with("/slow") {
-            tokio::time::sleep(SLOW).await;
-        }
-        Response::builder()
-            .header("content-type", "application/json")
-            .body(full("{\"slow\":\"done\"}"))
-            .unwrap()
-    })
-    .await;
+    let upstream = slow_upstream(SLOW).await;
     let mut proxy = ProxyProcess::start(config(upstream.addr));
     assert_eq!(readyz(proxy.admin_addr).await, Some(200));
 
     let addr = proxy.addr;
     let slow = tokio::spawn(async move { get(addr, "/repos/acme/widgets/slow").await });
-    // The request is in flight once the upstream has it.
-    let deadline = Instant::now() + WAIT;
-    while !upstream.seen().iter().any(|s| s.uri.ends_with("/slow")) {
-        assert!(Instant::now() < deadline, "the slow request never arrived");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_in_flight(&upstream).await;
     let term_sent = Instant::now();
     proxy.signal("TERM");
 
@@ -212,4 +229,74 @@ async fn sighup_reopens_the_audit_file() {
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit(PROCESS_WAIT).code(), Some(0));
     assert!(proxy.stderr().contains("audit log reopened"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_drains_like_sigterm() {
+    let upstream = slow_upstream(Duration::from_millis(500)).await;
+    let mut proxy = ProxyProcess::start(config(upstream.addr));
+    let addr = proxy.addr;
+    let slow = tokio::spawn(async move { get(addr, "/repos/acme/widgets/slow").await });
+    wait_in_flight(&upstream).await;
+    proxy.signal("INT");
+    let response = tokio::time::timeout(WAIT, slow).await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(proxy.wait_exit(PROCESS_WAIT).code(), Some(0));
+    let records = ProxyProcess::audit_records(&proxy.audit_path);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["path"] == "/repos/acme/widgets/slow" && r["status"] == 200),
+        "{records:?}"
+    );
+}
+
+/// A request still running when `shutdownGraceSeconds` runs out is cut, still audited (as
+/// aborted), and the process still exits 0 soon after the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_expiry_cuts_the_request_audits_it_and_exits_zero() {
+    let upstream = slow_upstream(Duration::from_secs(30)).await;
+    let mut proxy = ProxyProcess::start(config_with(upstream.addr, "  shutdownGraceSeconds: 1\n"));
+    let addr = proxy.addr;
+    let slow = tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/repos/acme/widgets/slow")
+            .header("host", addr.to_string())
+            .body(full(Bytes::new()))
+            .unwrap();
+        sender.send_request(req).await.map(|r| r.status())
+    });
+    wait_in_flight(&upstream).await;
+    let term_sent = Instant::now();
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(PROCESS_WAIT);
+    let took = term_sent.elapsed();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", proxy.stderr());
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "exited {took:?} after SIGTERM with a 1 s grace"
+    );
+    let outcome = tokio::time::timeout(WAIT, slow).await.unwrap().unwrap();
+    assert!(
+        outcome.is_err(),
+        "the cut request got an answer: {outcome:?}"
+    );
+
+    let records = ProxyProcess::audit_records(&proxy.audit_path);
+    let record = records
+        .iter()
+        .find(|r| r["path"] == "/repos/acme/widgets/slow")
+        .unwrap_or_else(|| panic!("the cut request was not audited: {records:?}"));
+    assert_eq!(record["outcome"], "aborted", "{record}");
+    assert_eq!(record["credential"], "pat", "{record}");
+    assert!(
+        proxy.stderr().contains("grace expired"),
+        "{}",
+        proxy.stderr()
+    );
 }
