@@ -30,6 +30,8 @@ pub struct GitRequest {
     pub path: String,
     pub query: Option<String>,
     pub authorization: Option<String>,
+    /// The request's `Content-Length` (`None`: a chunked body of unknown length).
+    pub content_length: Option<u64>,
     pub status: u16,
 }
 
@@ -205,6 +207,11 @@ impl Served {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let content_length = req
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let reply = if (self.authorize)(authorization.as_deref()) {
             self.cgi(req).await
         } else {
@@ -223,6 +230,7 @@ impl Served {
                 path,
                 query,
                 authorization,
+                content_length,
                 status: reply.status().as_u16(),
             });
         reply
