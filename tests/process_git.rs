@@ -200,7 +200,7 @@ async fn git_clone_through_the_proxy_uses_the_installation_token() {
         std::fs::read_to_string(dest.join("src/lib.rs")).unwrap(),
         "pub fn widget() {}\n"
     );
-    let log = git(&home)
+    let log = git(home)
         .args(["log", "--format=%s"])
         .current_dir(&dest)
         .output()
