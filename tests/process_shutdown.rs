@@ -300,3 +300,53 @@ async fn grace_expiry_cuts_the_request_audits_it_and_exits_zero() {
         proxy.stderr()
     );
 }
+
+/// Tools keep pooled keep-alive connections open (and may pre-open some that have sent nothing);
+/// idle ones must not hold the drain for the whole `shutdownGraceSeconds` (default 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_idle_keep_alive_connections_exits_promptly() {
+    let upstream = Upstream::ok().await;
+    let mut proxy = ProxyProcess::start(config(upstream.addr));
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = Request::get("/repos/acme/widgets")
+            .header("host", proxy.addr.to_string())
+            .body(full(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_ne!(
+            response.headers().get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..])
+        );
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+        idle.push((sender, conn));
+    }
+    // A connection that has sent nothing yet (a client pre-opening its pool), accepted by now.
+    let silent = TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = get(proxy.addr, "/repos/acme/after-silent").await;
+    let term_sent = Instant::now();
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(PROCESS_WAIT);
+    let took = term_sent.elapsed();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", proxy.stderr());
+    assert!(
+        took < Duration::from_secs(5),
+        "idle keep-alive connections held the drain for {took:?}"
+    );
+    assert!(
+        !proxy.stderr().contains("grace expired"),
+        "{}",
+        proxy.stderr()
+    );
+    assert_eq!(ProxyProcess::audit_records(&proxy.audit_path).len(), 4);
+    drop((idle, silent));
+}
