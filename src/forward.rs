@@ -1,1 +1,509 @@
-//! forward (server helper).
+//! Forwarding (SPEC §8): the header rules both ways, the upstream call with its response-head
+//! deadline and error classification, `Link`/`Location` rewriting, learned repository ids, and
+//! the one retry after GitHub rejects an App token with `401`.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::audit::AuditRecord;
+use crate::config::{Config, OriginKind};
+use crate::credential::{CredentialKind, Token};
+use crate::error::ProxyError;
+use crate::resolve::Resolution;
+use crate::route::{Form, Route};
+use crate::upstream::{BoxError, UpstreamBody, UpstreamClient};
+
+/// Sent when the client did not say who it is (GitHub rejects requests without a User-Agent).
+pub static DEFAULT_USER_AGENT: &str = concat!("gh-token-proxy/", env!("CARGO_PKG_VERSION"));
+
+static X_GITHUB_OWNER: HeaderName = HeaderName::from_static("x-github-owner");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_GITHUB_REQUEST_ID: HeaderName = HeaderName::from_static("x-github-request-id");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESOURCE: HeaderName = HeaderName::from_static("x-ratelimit-resource");
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, plus the
+/// fixed list. Applies both ways.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Collected first because removing while iterating `Connection` values is not possible.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        if let Ok(text) = value.to_str() {
+            for token in text.split(',') {
+                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+}
+
+/// The request header rules of §8 and §6: hop-by-hop gone; the client's `Authorization`,
+/// `Proxy-Authorization` and `X-GitHub-Owner` never forwarded (a client never chooses the
+/// credential); `Host` is the upstream's; a default `User-Agent`.
+pub fn prepare_request_headers(headers: &mut HeaderMap, authority: &str) -> Result<(), ProxyError> {
+    strip_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(&X_GITHUB_OWNER);
+    let host = HeaderValue::from_str(authority)
+        .map_err(|_| ProxyError::InvalidRequest("upstream authority is not a valid Host".into()))?;
+    headers.insert(header::HOST, host);
+    if !headers.contains_key(header::USER_AGENT) {
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(DEFAULT_USER_AGENT),
+        );
+    }
+    Ok(())
+}
+
+/// The credential header for an origin: `Basic x-access-token:…` for git smart HTTP on the web
+/// origin, `Bearer` everywhere else; nothing for anonymous.
+pub fn set_credential(headers: &mut HeaderMap, origin: OriginKind, token: Option<&Token>) {
+    headers.remove(header::AUTHORIZATION);
+    if let Some(token) = token {
+        let value = match origin {
+            OriginKind::Web => token.basic_header(),
+            OriginKind::Api | OriginKind::Raw | OriginKind::Graphql => token.bearer_header(),
+        };
+        headers.insert(header::AUTHORIZATION, value.clone());
+    }
+}
+
+/// A request body on its way upstream.
+pub enum RequestBody {
+    /// No body (most GitHub API calls): retryable.
+    Empty,
+    /// Already read (GraphQL inspection): retryable, cheap to clone.
+    Buffered(Bytes),
+    /// Streamed through in constant memory: sent once.
+    Streaming(Incoming),
+}
+
+impl RequestBody {
+    fn retryable(&self) -> bool {
+        !matches!(self, RequestBody::Streaming(_))
+    }
+
+    fn take(&mut self) -> UpstreamBody {
+        match std::mem::replace(self, RequestBody::Empty) {
+            RequestBody::Empty => http_body_util::Empty::new()
+                .map_err(|never: Infallible| match never {})
+                .boxed_unsync(),
+            RequestBody::Buffered(bytes) => {
+                let body = http_body_util::Full::new(bytes.clone())
+                    .map_err(|never: Infallible| match never {})
+                    .boxed_unsync();
+                *self = RequestBody::Buffered(bytes);
+                body
+            }
+            RequestBody::Streaming(incoming) => {
+                incoming.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+            }
+        }
+    }
+}
+
+/// Maps a failed upstream call to the client-facing error: TLS problems are told apart from
+/// plain connection failures (an operator fixes them differently: `upstream.caFile`).
+pub fn classify(err: &hyper_util::client::legacy::Error, authority: &str) -> ProxyError {
+    let mut timed_out = false;
+    if let Some(tls) = find_tls(err, &mut timed_out, 0) {
+        return ProxyError::UpstreamTls(format!("TLS with {authority} failed: {tls}"));
+    }
+    if timed_out {
+        return ProxyError::UpstreamTimeout(format!(
+            "connecting to {authority} timed out (proxy.upstream.connectTimeoutMs)"
+        ));
+    }
+    if err.is_connect() {
+        ProxyError::UpstreamUnreachable(format!("cannot connect to {authority}: {}", chain(err)))
+    } else {
+        ProxyError::UpstreamUnreachable(format!("{authority} failed: {}", chain(err)))
+    }
+}
+
+/// Looks for a rustls error anywhere in the chain. `io::Error::source()` skips the error it
+/// wraps, so wrapped errors are opened explicitly (hyper-rustls nests them in `io::Error`).
+fn find_tls(
+    err: &(dyn std::error::Error + 'static),
+    timed_out: &mut bool,
+    depth: usize,
+) -> Option<String> {
+    if depth > 16 {
+        return None;
+    }
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls.to_string());
+    }
+    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::TimedOut {
+            *timed_out = true;
+        }
+        if let Some(found) = io
+            .get_ref()
+            .and_then(|inner| find_tls(inner, timed_out, depth + 1))
+        {
+            return Some(found);
+        }
+    }
+    err.source()
+        .and_then(|source| find_tls(source, timed_out, depth + 1))
+}
+
+/// An error with its sources, `a: b: c`. Upstream errors hold no secrets (hyper marks
+/// `Authorization` sensitive and never prints headers in errors).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// Sends one request, bounded by `proxy.upstream.responseTimeoutMs` up to the response head.
+pub async fn send(
+    client: &UpstreamClient,
+    response_timeout: Duration,
+    request: Request<UpstreamBody>,
+    authority: &str,
+) -> Result<Response<Incoming>, ProxyError> {
+    match tokio::time::timeout(response_timeout, client.request(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(err)) => Err(classify(&err, authority)),
+        Err(_) => Err(ProxyError::UpstreamTimeout(format!(
+            "{authority} did not answer within {} ms (proxy.upstream.responseTimeoutMs)",
+            response_timeout.as_millis()
+        ))),
+    }
+}
+
+/// What the exchange needs from the server to forward: shared state, and how to evict and
+/// re-resolve for the 401 retry.
+pub struct Forwarder<'a> {
+    pub shared: &'a crate::server::Shared,
+    pub route: &'a Route,
+    pub owner: Option<&'a str>,
+    pub repo: Option<&'a str>,
+}
+
+impl Forwarder<'_> {
+    /// Forwards the request with `resolution`'s credential; on a `401` for an App token evicts
+    /// it and, when the body allows, retries once with a fresh one (§7.2). `record` gets the
+    /// credential actually used.
+    pub async fn forward(
+        &self,
+        method: Method,
+        mut headers: HeaderMap,
+        mut body: RequestBody,
+        resolution: &mut Resolution,
+        record: &mut AuditRecord,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let uri: Uri = self.route.upstream_uri().parse().map_err(|_| {
+            ProxyError::InvalidRequest("the request target cannot be forwarded".into())
+        })?;
+        prepare_request_headers(&mut headers, &self.route.authority)?;
+        let timeout = self.shared.config.proxy.upstream.response_timeout;
+        let may_retry = resolution.credential == CredentialKind::App && body.retryable();
+        // Only an App-token request that could be retried pays for keeping a copy.
+        let retry_parts = may_retry.then(|| (uri.clone(), headers.clone()));
+
+        set_credential(&mut headers, self.route.origin, resolution.token.as_deref());
+        let request = build(method.clone(), uri, headers, body.take())?;
+        let response = send(&self.shared.client, timeout, request, &self.route.authority).await?;
+        if response.status() != StatusCode::UNAUTHORIZED
+            || resolution.credential != CredentialKind::App
+        {
+            return Ok(response);
+        }
+
+        // GitHub rejected the App token: it must not serve anyone else.
+        let age = match (resolution.app_id, resolution.installation_id) {
+            (Some(app_id), Some(installation_id)) => crate::server::evict_token(
+                self.shared,
+                self.route.integration.index,
+                app_id,
+                installation_id,
+            ),
+            _ => None,
+        };
+        let Some((uri, mut headers)) = retry_parts else {
+            return Ok(response);
+        };
+        drop(response);
+        // A token minted moments ago may not have replicated inside GitHub yet.
+        if age.is_some_and(|age| age < Duration::from_secs(5)) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let fresh = self
+            .shared
+            .resolver
+            .resolve(&self.route.integration, &method, self.owner, self.repo)
+            .await;
+        if fresh.credential == CredentialKind::None {
+            *resolution = fresh;
+            crate::server::record_resolution(record, resolution);
+            return Err(ProxyError::NoCredential(
+                resolution.message.clone().unwrap_or_else(|| {
+                    "no GitHub credential after the App token was rejected".into()
+                }),
+            ));
+        }
+        *resolution = fresh;
+        crate::server::record_resolution(record, resolution);
+        set_credential(&mut headers, self.route.origin, resolution.token.as_deref());
+        let request = build(method, uri, headers, body.take())?;
+        send(&self.shared.client, timeout, request, &self.route.authority).await
+    }
+}
+
+fn build(
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: UpstreamBody,
+) -> Result<Request<UpstreamBody>, ProxyError> {
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// What GitHub said about the exchange, for the audit record and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UpstreamMeta {
+    pub github_request_id: Option<String>,
+    pub rate_limit_remaining: Option<u64>,
+    pub rate_limit_resource: Option<String>,
+}
+
+impl UpstreamMeta {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let text = |name: &HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        UpstreamMeta {
+            github_request_id: text(&X_GITHUB_REQUEST_ID),
+            rate_limit_remaining: headers
+                .get(&X_RATELIMIT_REMAINING)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok()),
+            rate_limit_resource: text(&X_RATELIMIT_RESOURCE),
+        }
+    }
+}
+
+/// The response header rules: hop-by-hop gone, `Link`/`Location` pointed back at the proxy the
+/// way the client reached it. `proxy_base` is computed only when a header needs it.
+pub fn rewrite_response_headers(
+    headers: &mut HeaderMap,
+    config: &Config,
+    form: Form,
+    proxy_base: impl Fn() -> String,
+) {
+    strip_hop_by_hop(headers);
+    let mut base: Option<String> = None;
+    for name in [header::LINK, header::LOCATION] {
+        let header::Entry::Occupied(mut entry) = headers.entry(name) else {
+            continue;
+        };
+        let mut values: Vec<HeaderValue> = Vec::new();
+        let mut changed = false;
+        for value in entry.iter() {
+            let rewritten = value.to_str().ok().and_then(|text| {
+                let base = base.get_or_insert_with(&proxy_base);
+                crate::route::rewrite_url_header(config, form, base, text)
+            });
+            match rewritten.and_then(|s| HeaderValue::from_str(&s).ok()) {
+                Some(new) => {
+                    changed = true;
+                    values.push(new);
+                }
+                None => values.push(value.clone()),
+            }
+        }
+        if changed {
+            let mut values = values.into_iter();
+            if let Some(first) = values.next() {
+                entry.insert(first);
+                for value in values {
+                    entry.append(value);
+                }
+            }
+        }
+    }
+}
+
+/// The body sent to the client: GitHub's, streamed, or the proxy's own (errors, admin).
+pub enum ResponseBody {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+
+    pub fn empty() -> Self {
+        ResponseBody::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(incoming) => incoming.is_end_stream(),
+            ResponseBody::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(incoming) => incoming.size_hint(),
+            ResponseBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn drops_hop_by_hop_and_headers_named_by_connection() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("connection", "x-other"),
+            ("x-secret-hop", "1"),
+            ("x-other", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("accept", "application/json"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn client_credentials_and_owner_hint_never_forwarded() {
+        let mut h = map(&[
+            ("authorization", "Bearer client-key"),
+            ("proxy-authorization", "Basic abc"),
+            ("x-github-owner", "acme"),
+            ("host", "proxy:8080"),
+            ("user-agent", "curl/8"),
+        ]);
+        prepare_request_headers(&mut h, "api.github.com").unwrap();
+        assert!(h.get("authorization").is_none());
+        assert!(h.get("proxy-authorization").is_none());
+        assert!(h.get("x-github-owner").is_none());
+        assert_eq!(h["host"], "api.github.com");
+        assert_eq!(h["user-agent"], "curl/8");
+    }
+
+    #[test]
+    fn default_user_agent_when_missing() {
+        let mut h = HeaderMap::new();
+        prepare_request_headers(&mut h, "api.github.com").unwrap();
+        assert_eq!(
+            h["user-agent"],
+            format!("gh-token-proxy/{}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    #[test]
+    fn credential_header_by_origin() {
+        let token = Token::new(SecretString::from("ghs_x")).unwrap();
+        let mut h = HeaderMap::new();
+        set_credential(&mut h, OriginKind::Api, Some(&token));
+        assert_eq!(h["authorization"], "Bearer ghs_x");
+        assert!(h["authorization"].is_sensitive());
+        set_credential(&mut h, OriginKind::Web, Some(&token));
+        assert!(h["authorization"].to_str().unwrap().starts_with("Basic "));
+        set_credential(&mut h, OriginKind::Graphql, Some(&token));
+        assert_eq!(h["authorization"], "Bearer ghs_x");
+        set_credential(&mut h, OriginKind::Raw, None);
+        assert!(h.get("authorization").is_none());
+    }
+
+    #[test]
+    fn upstream_meta_reads_github_headers() {
+        let h = map(&[
+            ("x-github-request-id", "C0DE:1234"),
+            ("x-ratelimit-remaining", "4987"),
+            ("x-ratelimit-resource", "core"),
+        ]);
+        let meta = UpstreamMeta::from_headers(&h);
+        assert_eq!(meta.github_request_id.as_deref(), Some("C0DE:1234"));
+        assert_eq!(meta.rate_limit_remaining, Some(4987));
+        assert_eq!(meta.rate_limit_resource.as_deref(), Some("core"));
+        assert_eq!(
+            UpstreamMeta::from_headers(&HeaderMap::new()),
+            UpstreamMeta::default()
+        );
+    }
+}

@@ -340,7 +340,9 @@ fn step(
 }
 
 fn app_error(app_id: u64, err: &TokenError) -> (Reason, Option<String>) {
-    tracing::warn!(app_id, "GitHub App {app_id} cannot serve: {err}");
+    // `GitHub` logs each failed call to GitHub at warn, once per call (single flight bounds
+    // them); logging again per request here would flood the log during an outage.
+    tracing::debug!(app_id, "GitHub App {app_id} cannot serve: {err}");
     (Reason::AppError, Some(err.to_string()))
 }
 
@@ -413,18 +415,19 @@ fn refusal_message(
             todo.push(fix);
         }
     }
-    if owner.is_none() && integration.apps.is_empty() {
+    if owner.is_none() && app_reasons.is_empty() {
         todo.push(
             "name the owner with the X-GitHub-Owner header or set proxy.defaultOwner".to_string(),
         );
     }
-    if integration.apps.is_empty() {
+    if app_reasons.is_empty() {
         tried.push("no GitHub App is configured".to_string());
-        if owner.is_some() {
-            todo.push("configure a GitHub App".to_string());
-        }
     }
-    todo.push("configure a PAT".to_string());
+    todo.push(if app_reasons.is_empty() && owner.is_some() {
+        "configure a GitHub App or a PAT".to_string()
+    } else {
+        "configure a PAT".to_string()
+    });
     format!(
         "no GitHub credential for {target} on {host}: {tried} and integrations.github[{i}].token is not set; {todo}",
         host = integration.host,
@@ -432,4 +435,53 @@ fn refusal_message(
         i = integration.index,
         todo = todo.join(" or "),
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn most_specific_reason_follows_the_spec_order() {
+        use Reason::*;
+        assert_eq!(
+            most_specific([OwnerNotAllowed, NotInstalled, AppError].into_iter()),
+            Some(AppError)
+        );
+        assert_eq!(
+            most_specific([RepoNotSelected, Suspended].into_iter()),
+            Some(Suspended)
+        );
+        assert_eq!(
+            most_specific([OwnerNotAllowed, NotInstalled].into_iter()),
+            Some(NotInstalled)
+        );
+        assert_eq!(most_specific(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn refusal_message_names_each_app_and_what_to_do() {
+        let config =
+            crate::config::Config::from_yaml("integrations:\n  github:\n    - host: github.com\n")
+                .unwrap();
+        let integration = &config.integrations[0];
+        let message = refusal_message(
+            integration,
+            Some("acme"),
+            Some("widgets"),
+            &[
+                (1, Reason::Suspended, None),
+                (2, Reason::RepoNotSelected, None),
+            ],
+        );
+        assert_eq!(
+            message,
+            "no GitHub credential for acme/widgets on github.com: GitHub App 1's installation on \
+             'acme' is suspended, GitHub App 2's installation on 'acme' does not include \
+             repository 'widgets' and integrations.github[0].token is not set; unsuspend the \
+             App's installation on 'acme' or add 'widgets' to the App installation's \
+             repositories or configure a PAT"
+        );
+    }
 }

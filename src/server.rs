@@ -1,17 +1,208 @@
-//! The proxy server (server helper).
+//! The proxy server: accept loop (connection limit, TCP_NODELAY, header read timeout), the request
+//! phases (request id → route → client → target → owner fallback → policy → resolve → forward →
+//! stream back → one audit record), graceful shutdown, and `serve` (signals, binding).
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::net::TcpListener;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use ulid::Ulid;
 
-use crate::config::Config;
+use crate::audit::{AuditLog, AuditPermit, AuditRecord, AuditSender, Outcome};
+use crate::config::{ClientConfig, Config};
+use crate::credential::{CredentialKind, Reason};
+use crate::error::{Fault, ProxyError};
+use crate::forward::{Forwarder, RequestBody, ResponseBody, UpstreamMeta};
+use crate::github::GitHub;
+use crate::metrics::Metrics;
+use crate::resolve::{Resolution, Resolver};
+use crate::target::{self, PathTarget, RepoIds};
+use crate::upstream::UpstreamClient;
+
+/// GraphQL bodies are read to find the owner only up to this size (§5).
+pub const GRAPHQL_BODY_LIMIT: usize = 1024 * 1024;
+/// Longest request-target answered normally; longer gets `414`.
+pub const MAX_URI_LEN: usize = 8 * 1024;
+/// Largest request head (all header lines) answered normally; larger gets `431`.
+pub const MAX_HEADERS_LEN: usize = 64 * 1024;
+/// hyper's own read buffer: above our limits so ours answer with a proper body first; beyond it
+/// hyper answers a bare `431` itself.
+const HYPER_MAX_BUF: usize = 256 * 1024;
+/// Learned `/repositories/{id}` entries kept.
+const REPO_IDS_CAPACITY: usize = 100_000;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_CREDENTIAL_TYPE: HeaderName = HeaderName::from_static("x-credential-type");
+static X_CREDENTIAL_REASON: HeaderName = HeaderName::from_static("x-credential-reason");
+static X_GITHUB_OWNER: HeaderName = HeaderName::from_static("x-github-owner");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("{0}")]
     Setup(String),
+}
+
+/// Everything request handling shares; one per server, behind an `Arc`, never cloned per request.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub client: UpstreamClient,
+    pub resolver: Arc<Resolver>,
+    pub repo_ids: RepoIds,
+    pub audit: AuditSender,
+    pub metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    /// `false` once shutdown has begun (`/readyz` answers 503).
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// A configured, not yet serving proxy. Tests build one, hand it bound listeners and a shutdown
+/// future; `serve` uses the same path.
+pub struct Server {
+    shared: Arc<Shared>,
+    audit: AuditLog,
+}
+
+impl Server {
+    /// Builds the upstream client, the resolver and the audit writer named by the config.
+    pub fn new(config: Arc<Config>) -> Result<Server, ServeError> {
+        let audit = AuditLog::from_config(&config.proxy.audit)
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        Self::with_audit(config, audit)
+    }
+
+    /// As [`Server::new`] with a given audit writer (tests write to a buffer or temp file).
+    pub fn with_audit(config: Arc<Config>, audit: AuditLog) -> Result<Server, ServeError> {
+        let client = crate::upstream::build(&config.proxy.upstream)
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        let github = Arc::new(GitHub::new(config.clone(), client.clone()));
+        let resolver = Arc::new(Resolver::new(github, config.proxy.allow_anonymous));
+        let shared = Arc::new(Shared {
+            config,
+            client,
+            resolver,
+            repo_ids: RepoIds::new(REPO_IDS_CAPACITY),
+            audit: audit.sender(),
+            metrics: Arc::new(Metrics::new()),
+            draining: AtomicBool::new(false),
+        });
+        Ok(Server { shared, audit })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serves `listener` (and the admin endpoints on `admin`, if given) until `shutdown`
+    /// resolves; then stops accepting, lets in-flight exchanges finish within
+    /// `shutdownGraceSeconds`, and flushes the audit log.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let Server { shared, audit } = self;
+        let config = shared.config.clone();
+
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = admin.map(|listener| {
+            tokio::spawn(crate::admin::serve(listener, shared.clone(), async move {
+                let _ = admin_stopped.await;
+            }))
+        });
+
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(config.proxy.header_read_timeout)
+            .max_buf_size(HYPER_MAX_BUF)
+            .keep_alive(true);
+
+        let limit = Arc::new(Semaphore::new(config.proxy.max_connections));
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    // Reap finished connection tasks so the set stays small.
+                    while connections.try_join_next().is_some() {}
+                    let (stream, peer) = match accepted {
+                        Ok(pair) => pair,
+                        Err(err) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!("accept failed: {err}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        shared.metrics.observe_shed_connection();
+                        tokio::spawn(shed(stream));
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    let service = service_fn(move |req| handle(shared.clone(), req, peer));
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    connections.spawn(async move {
+                        let _permit = permit;
+                        if let Err(err) = conn.await {
+                            tracing::debug!(%peer, "connection ended: {err}");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+
+        drop(listener);
+        shared.draining.store(true, Ordering::Relaxed);
+        tracing::info!(
+            in_flight = graceful.count(),
+            grace_seconds = config.proxy.shutdown_grace.as_secs(),
+            "shutting down: not accepting; draining in-flight exchanges"
+        );
+        if tokio::time::timeout(config.proxy.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace expired; closing the remaining connections");
+        }
+        // Whatever is left is cut; their exchanges are recorded as aborted when dropped.
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        audit.shutdown().await;
+        let _ = admin_stop.send(());
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
 }
 
 /// Runs the proxy on a bound listener until `shutdown` resolves, then drains.
@@ -20,12 +211,627 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let _ = (config, listener, shutdown);
-    unimplemented!("server helper")
+    Server::new(config)?.serve(listener, None, shutdown).await
 }
 
 /// `gh-token-proxy serve`: binds `proxy.listen` (and `admin.listen`), runs until SIGINT/SIGTERM.
 pub async fn serve_main(config: Config) -> ExitCode {
-    let _ = config;
-    unimplemented!("server helper")
+    let config = Arc::new(config);
+    let listen = config.proxy.listen;
+    let listener = match TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(err) => {
+            tracing::error!("cannot listen on {listen} (proxy.listen): {err}");
+            eprintln!("gh-token-proxy: cannot listen on {listen} (proxy.listen): {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let admin = match config.proxy.admin_listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(err) => {
+                tracing::error!("cannot listen on {addr} (proxy.admin.listen): {err}");
+                eprintln!("gh-token-proxy: cannot listen on {addr} (proxy.admin.listen): {err}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    let server = match Server::new(config.clone()) {
+        Ok(server) => server,
+        Err(err) => {
+            tracing::error!("cannot start: {err}");
+            eprintln!("gh-token-proxy: cannot start: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    // Handlers are installed before announcing readiness, so an early SIGTERM still drains and an
+    // early SIGHUP (logrotate right at startup) reopens the log instead of killing the process.
+    let stop = stop_signal();
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let proxy_addr = listener.local_addr().map_or(listen, |a| a);
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    tracing::info!(
+        listen = %proxy_addr,
+        admin = %admin_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+        "gh-token-proxy {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let audit = server.shared().audit.clone();
+    let hup = tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            if let Some(mut hup) = hangup {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reopening the audit log");
+                    audit.reopen().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        drop(audit);
+    });
+    let result = server.serve(listener, admin, stop).await;
+    hup.abort();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not when first polled.
+fn stop_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    let handlers = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::terminate())
+            .and_then(|term| signal(SignalKind::interrupt()).map(|int| (term, int)))
+            .ok()
+    };
+    #[cfg(not(unix))]
+    let handlers: Option<((), ())> = None;
+    async move {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = handlers {
+            tokio::select! {
+                _ = int.recv() => tracing::info!("SIGINT received"),
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+            }
+            return;
+        }
+        let _ = handlers;
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("SIGINT received");
+    }
+}
+
+/// Answers a connection beyond `maxConnections` with one `503 overloaded` and closes it, without
+/// reading its request (that is the work being shed).
+async fn shed(mut stream: TcpStream) {
+    let err = ProxyError::Overloaded;
+    let body = err.body();
+    let mut id = [0u8; ulid::ULID_LEN];
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\nx-request-id: {}\r\nx-credential-type: none\r\nx-credential-reason: overloaded\r\n\r\n",
+        body.len(),
+        Ulid::new().array_to_str(&mut id)
+    );
+    let io = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await?;
+        // Read (and discard) what the client sent, briefly: closing with unread data would make
+        // the kernel send RST, which can destroy the 503 before the client reads it.
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), io).await;
+}
+
+/// One request: runs the phases, then hands the record to the body so it is written exactly once
+/// when the exchange ends.
+async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<LoggedBody>, Infallible> {
+    let record = AuditRecord::new(
+        SystemTime::now(),
+        Ulid::new(),
+        peer,
+        request.method().clone(),
+    );
+    let mut exchange = Exchange {
+        shared: shared.clone(),
+        started: Instant::now(),
+        record,
+    };
+    let response = match phases(&shared, request, &mut exchange.record).await {
+        Ok(response) => {
+            exchange.record.outcome = Outcome::Ok;
+            response
+        }
+        Err(err) => error_response(&err, &mut exchange.record),
+    };
+    Ok(exchange.respond(response))
+}
+
+/// The phases up to the response head. Fills `record` as it learns things.
+async fn phases(
+    shared: &Shared,
+    request: Request<Incoming>,
+    record: &mut AuditRecord,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let config = &*shared.config;
+    let (parts, body) = request.into_parts();
+    // Until routed, the audit path is the request's own path (bounded: it may be what was too
+    // long); set only on refusal so a served request allocates it once.
+    let refuse = |record: &mut AuditRecord, err: ProxyError| {
+        let path = parts.uri.path();
+        let mut end = path.len().min(1024);
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        record.path = Some(path[..end].to_owned());
+        Err(err)
+    };
+
+    // Limits and the method the proxy can never serve.
+    if parts.method == Method::CONNECT {
+        return refuse(record, ProxyError::ConnectNotSupported);
+    }
+    let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + parts.uri.authority().map_or(0, |a| a.as_str().len());
+    if uri_len > MAX_URI_LEN {
+        return refuse(record, ProxyError::UriTooLong { limit: MAX_URI_LEN });
+    }
+    let head_len: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if head_len > MAX_HEADERS_LEN {
+        return refuse(
+            record,
+            ProxyError::HeadersTooLarge {
+                limit: MAX_HEADERS_LEN,
+            },
+        );
+    }
+
+    // Route.
+    let route = match crate::route::route(config, &parts.method, &parts.uri) {
+        Ok(route) => route,
+        Err(e) => return refuse(record, ProxyError::from_reason(e.reason, e.message)),
+    };
+    record.host = Some(route.authority.clone());
+    record.path = Some(route.upstream_path.clone());
+
+    // Client.
+    let client = authenticate(&config.proxy.clients, &parts.headers)?;
+    record.client = client.map(|c| c.name.clone());
+
+    // Target.
+    let owner_hint = match parts.headers.get(&X_GITHUB_OWNER) {
+        Some(value) => match value.to_str() {
+            Ok(owner) if target::is_valid_owner(owner) => Some(owner.to_owned()),
+            _ => {
+                return Err(ProxyError::InvalidRequest(
+                    "X-GitHub-Owner must be a GitHub login ([A-Za-z0-9-], 1 to 39 characters)"
+                        .into(),
+                ));
+            }
+        },
+        None => None,
+    };
+    let parsed = target::parse(route.origin, &route.target_path, route.query.as_deref())
+        .map_err(|e| ProxyError::InvalidPath(e.0))?;
+    let mut graphql = false;
+    let (mut owner, mut repo, body) = match parsed {
+        PathTarget::About { owner, repo } => (owner, repo, request_body(body)),
+        PathTarget::RepositoryId(id) => match shared.repo_ids.get(id) {
+            Some((o, r)) => (Some(o), Some(r), request_body(body)),
+            None => (None, None, request_body(body)),
+        },
+        PathTarget::AppEndpoint => {
+            return Err(ProxyError::AppEndpoint(route.upstream_path.clone()));
+        }
+        PathTarget::Graphql => {
+            graphql = true;
+            if owner_hint.is_some() {
+                // The header names the owner: no need to hold the body.
+                (None, None, request_body(body))
+            } else {
+                let bytes = read_graphql_body(&parts.headers, body).await?;
+                match target::graphql_target(&bytes) {
+                    Some((o, r)) if target::is_valid_owner(&o) => {
+                        (Some(o), r, RequestBody::Buffered(bytes))
+                    }
+                    _ => (None, None, RequestBody::Buffered(bytes)),
+                }
+            }
+        }
+    };
+    if owner.is_none() {
+        owner = owner_hint.or_else(|| config.proxy.default_owner.clone());
+        repo = None;
+    }
+    record.owner.clone_from(&owner);
+    record.repo.clone_from(&repo);
+
+    // Client policy.
+    if let Some(client) = client {
+        check_policy(
+            client,
+            &parts.method,
+            owner.as_deref(),
+            repo.as_deref(),
+            graphql,
+        )?;
+    }
+
+    // Resolve.
+    let mut resolution = shared
+        .resolver
+        .resolve(
+            &route.integration,
+            &parts.method,
+            owner.as_deref(),
+            repo.as_deref(),
+        )
+        .await;
+    record_resolution(record, &resolution);
+    if resolution.credential == CredentialKind::None {
+        return Err(ProxyError::NoCredential(
+            resolution.message.clone().unwrap_or_else(|| {
+                format!(
+                    "no GitHub credential for {} on {}",
+                    owner.as_deref().unwrap_or("this request"),
+                    route.integration.host
+                )
+            }),
+        ));
+    }
+    if let Some(client) = client
+        && !allows_credential(client, resolution.credential)
+    {
+        return Err(ProxyError::ClientPolicy(format!(
+            "client '{}' may not be served with a {} credential (proxy.clients[].credentials); this request resolved to {} ({})",
+            client.name, resolution.credential, resolution.credential, resolution.reason
+        )));
+    }
+
+    // Forward.
+    let host = parts.headers.get(header::HOST).cloned();
+    let forwarder = Forwarder {
+        shared,
+        route: &route,
+        owner: owner.as_deref(),
+        repo: repo.as_deref(),
+    };
+    let response = forwarder
+        .forward(parts.method, parts.headers, body, &mut resolution, record)
+        .await?;
+
+    // The response head.
+    let (mut head, incoming) = response.into_parts();
+    record.upstream_status = Some(head.status.as_u16());
+    let meta = UpstreamMeta::from_headers(&head.headers);
+    if let Some(remaining) = meta.rate_limit_remaining {
+        shared.metrics.observe_rate_limit(
+            resolution.credential,
+            resolution.app_id,
+            resolution.installation_id,
+            meta.rate_limit_resource.as_deref(),
+            remaining,
+        );
+    }
+    record.github_request_id = meta.github_request_id;
+    record.rate_limit_remaining = meta.rate_limit_remaining;
+    record.rate_limit_resource = meta.rate_limit_resource;
+    if let (Some(o), Some(r)) = (&owner, &repo) {
+        for link in head.headers.get_all(header::LINK) {
+            if let Ok(link) = link.to_str() {
+                shared.repo_ids.learn_from_link(link, o, r);
+            }
+        }
+    }
+    crate::forward::rewrite_response_headers(
+        &mut head.headers,
+        config,
+        route.form,
+        || match &config.proxy.public_url {
+            Some(base) => base.clone(),
+            None => match host.as_ref().and_then(|h| h.to_str().ok()) {
+                Some(host) => format!("http://{host}"),
+                None => format!("http://{}", config.proxy.listen),
+            },
+        },
+    );
+    Ok(Response::from_parts(head, ResponseBody::Upstream(incoming)))
+}
+
+fn request_body(body: Incoming) -> RequestBody {
+    if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Streaming(body)
+    }
+}
+
+/// Reads a GraphQL body to find its owner, refusing more than [`GRAPHQL_BODY_LIMIT`].
+async fn read_graphql_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, ProxyError> {
+    let too_large = ProxyError::BodyTooLarge {
+        limit: GRAPHQL_BODY_LIMIT,
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > GRAPHQL_BODY_LIMIT as u64) {
+        return Err(too_large);
+    }
+    match Limited::new(body, GRAPHQL_BODY_LIMIT).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large),
+        Err(_) => Err(ProxyError::InvalidRequest(
+            "the request body could not be read".into(),
+        )),
+    }
+}
+
+/// Copies what the decision says into the record (credential, reason, app, installation, hash).
+pub(crate) fn record_resolution(record: &mut AuditRecord, resolution: &Resolution) {
+    record.credential = resolution.credential;
+    record.reason = Some(resolution.reason);
+    record.app_id = resolution.app_id;
+    record.installation_id = resolution.installation_id;
+    record.hashed_token = resolution.token.as_ref().map(|t| t.hashed().clone());
+}
+
+/// The proxy's own answer. Refusals say credential `none`; upstream failures keep the
+/// credential that was tried, with the failure as the reason.
+fn error_response(err: &ProxyError, record: &mut AuditRecord) -> Response<ResponseBody> {
+    match err.fault() {
+        Fault::Upstream => record.outcome = Outcome::UpstreamError,
+        Fault::Downstream | Fault::Credentials | Fault::Internal => {
+            record.outcome = Outcome::Refused;
+            record.credential = CredentialKind::None;
+            record.app_id = None;
+            record.installation_id = None;
+            record.hashed_token = None;
+        }
+    }
+    record.reason = Some(err.reason());
+    if err.fault() == Fault::Upstream {
+        tracing::warn!(request_id = %record.request_id, "{err}");
+    }
+    let mut response = Response::new(ResponseBody::full(err.body()));
+    *response.status_mut() = err.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    if let Some((name, value)) = err.extra_header() {
+        headers.insert(name, value);
+    }
+    response
+}
+
+/// The exchange's audit record and what is needed to finish it, alive from arrival to the end of
+/// the response body. It is written exactly once: by the body at its end, or by `Drop` when the
+/// client went away (also when hyper drops the handler mid-phase, e.g. while resolving).
+struct Exchange {
+    shared: Arc<Shared>,
+    started: Instant,
+    record: AuditRecord,
+}
+
+impl Exchange {
+    /// Adds the three headers every response carries and ties the record to the body.
+    fn respond(mut self, response: Response<ResponseBody>) -> Response<LoggedBody> {
+        let (mut head, body) = response.into_parts();
+        let mut id = [0u8; ulid::ULID_LEN];
+        if let Ok(value) = HeaderValue::from_str(self.record.request_id.array_to_str(&mut id)) {
+            head.headers.insert(&X_REQUEST_ID, value);
+        }
+        head.headers.insert(
+            &X_CREDENTIAL_TYPE,
+            HeaderValue::from_static(self.record.credential.as_str()),
+        );
+        head.headers.insert(
+            &X_CREDENTIAL_REASON,
+            HeaderValue::from_static(self.record.reason.map_or("none", Reason::as_str)),
+        );
+        self.record.status = Some(head.status.as_u16());
+        Response::from_parts(
+            head,
+            LoggedBody {
+                inner: body,
+                exchange: Some(self),
+                bytes_out: 0,
+                reserving: None,
+            },
+        )
+    }
+
+    /// Completes the record (bytes, duration) and counts it in the metrics: the logging phase.
+    fn finish(&mut self, bytes_out: u64) -> AuditRecord {
+        let elapsed = self.started.elapsed();
+        self.record.bytes_out = bytes_out;
+        self.record.duration_ms = elapsed.as_secs_f64() * 1000.0;
+        self.shared.metrics.observe_request(
+            self.record.credential,
+            self.record.reason,
+            self.record.status,
+            elapsed,
+        );
+        // The placeholder left behind allocates nothing.
+        std::mem::replace(
+            &mut self.record,
+            AuditRecord::new(
+                SystemTime::UNIX_EPOCH,
+                Ulid::nil(),
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                Method::GET,
+            ),
+        )
+    }
+
+    /// Writes the record now, from a context that cannot wait.
+    fn finish_from_drop(mut self, bytes_out: u64, outcome: Option<Outcome>) {
+        if let Some(outcome) = outcome {
+            self.record.outcome = outcome;
+        }
+        let record = self.finish(bytes_out);
+        self.shared.audit.send_from_drop(record);
+        self.disarm();
+    }
+
+    fn disarm(mut self) {
+        self.record.request_id = Ulid::nil();
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        // A nil id marks a record already written.
+        if self.record.request_id.is_nil() {
+            return;
+        }
+        // Still armed: the handler was dropped before a response existed (client went away).
+        self.record.outcome = Outcome::Aborted;
+        let record = self.finish(0);
+        self.record.request_id = Ulid::nil();
+        self.shared.audit.send_from_drop(record);
+    }
+}
+
+type Reserving = Pin<Box<dyn Future<Output = Option<AuditPermit>> + Send>>;
+
+/// The response body, counting bytes, with the exchange's record: written when the body ends
+/// (after waiting for room in the audit queue, so a slow writer slows responses instead of
+/// losing records), when it fails, or when it is dropped unfinished (client gone: `aborted`).
+pub struct LoggedBody {
+    inner: ResponseBody,
+    exchange: Option<Exchange>,
+    bytes_out: u64,
+    reserving: Option<Reserving>,
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(reserving) = this.reserving.as_mut() {
+                let permit = ready!(reserving.as_mut().poll(cx));
+                this.reserving = None;
+                if let Some(mut exchange) = this.exchange.take() {
+                    let record = exchange.finish(this.bytes_out);
+                    match permit {
+                        Some(permit) => permit.send(record),
+                        None => exchange.shared.audit.send_from_drop(record),
+                    }
+                    exchange.disarm();
+                }
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.bytes_out += data.len() as u64;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Some(Err(err)) => {
+                    // GitHub's body broke off mid-stream: the client got a truncated answer.
+                    if let Some(exchange) = this.exchange.take() {
+                        exchange.finish_from_drop(this.bytes_out, Some(Outcome::UpstreamError));
+                    }
+                    return Poll::Ready(Some(Err(err)));
+                }
+                None => match &this.exchange {
+                    Some(exchange) => {
+                        this.reserving = Some(Box::pin(exchange.shared.audit.clone().reserve()));
+                    }
+                    None => return Poll::Ready(None),
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Until the record is written, hyper must poll once more so the end is seen here. (When
+        // hyper cannot send a body at all, HEAD, 304, it drops the body instead: see Drop.)
+        self.exchange.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(exchange) = self.exchange.take() {
+            // Dropped with nothing left to send is a normal end (HEAD, 304, length reached);
+            // anything else means the client stopped reading.
+            let outcome = (!self.inner.is_end_stream()).then_some(Outcome::Aborted);
+            exchange.finish_from_drop(self.bytes_out, outcome);
+        }
+    }
+}
+
+fn authenticate<'a>(
+    clients: &'a [ClientConfig],
+    headers: &HeaderMap,
+) -> Result<Option<&'a ClientConfig>, ProxyError> {
+    crate::clients::authenticate(clients, headers)
+        .map_err(|e| ProxyError::ClientUnauthenticated(e.to_string()))
+}
+
+fn check_policy(
+    client: &ClientConfig,
+    method: &Method,
+    owner: Option<&str>,
+    repo: Option<&str>,
+    graphql: bool,
+) -> Result<(), ProxyError> {
+    crate::clients::check_policy(client, method, owner, repo, graphql)
+        .map_err(ProxyError::ClientPolicy)
+}
+
+use crate::clients::allows_credential;
+
+/// Evicts an App token GitHub rejected; returns how old it was.
+pub(crate) fn evict_token(
+    shared: &Shared,
+    integration_index: usize,
+    app_id: u64,
+    installation_id: u64,
+) -> Option<Duration> {
+    shared
+        .resolver
+        .github()
+        .evict_token(integration_index, app_id, installation_id)
 }

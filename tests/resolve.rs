@@ -470,3 +470,157 @@ async fn debug_output_never_shows_a_secret() {
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
     assert!(!shown.contains("eyJ"), "no JWT: {shown}");
 }
+
+#[tokio::test]
+async fn test_config_yaml_parses_to_the_hand_built_config() {
+    let fake = FakeGitHub::builder().start().await;
+    let make = || {
+        TestConfig::new(&fake)
+            .token(PAT)
+            .app(
+                TestApp::new(APP1, APP1_KEY)
+                    .allowed_owners(&["Acme"])
+                    .public_access(),
+            )
+            .allow_anonymous()
+            .default_owner("acme")
+    };
+    let parsed = make().build();
+    let direct = make().build_direct();
+    let (p, d) = (&parsed.integrations[0], &direct.integrations[0]);
+    assert_eq!((&p.host, &p.api, p.index), (&d.host, &d.api, d.index));
+    assert_eq!(p.apps.len(), 1);
+    assert_eq!(p.apps[0].app_id, APP1);
+    assert_eq!(
+        p.apps[0].allowed_installation_owners,
+        d.apps[0].allowed_installation_owners
+    );
+    assert!(p.apps[0].public_access);
+    assert!(parsed.proxy.allow_anonymous);
+    assert_eq!(parsed.proxy.default_owner.as_deref(), Some("acme"));
+    assert_eq!(parsed.proxy.upstream.ca_file, direct.proxy.upstream.ca_file);
+    assert_eq!(
+        parsed.proxy.refresh_before_expiry,
+        direct.proxy.refresh_before_expiry
+    );
+}
+
+// ---- explain (SPEC §9): the same decision, for a URL in any form ----
+
+async fn explain_fixture() -> (FakeGitHub, Arc<Config>, Resolver) {
+    let fake = FakeGitHub::builder()
+        .app(APP1, APP1_PUB)
+        .installation(APP1, 678, "acme")
+        .start()
+        .await;
+    let (config, resolver) = support::resolver(
+        TestConfig::new(&fake)
+            .token(PAT)
+            .app(TestApp::new(APP1, APP1_KEY))
+            .build(),
+    );
+    (fake, config, resolver)
+}
+
+#[tokio::test]
+async fn explain_gives_the_resolvers_decision_for_every_url_form() {
+    use gh_token_proxy::explain::{explain, render_tree};
+    let (fake, config, resolver) = explain_fixture().await;
+
+    // Forward-proxy form on the api origin.
+    let url = format!("{}/repos/acme/widgets/pulls", fake.api_url());
+    let e = explain(&config, &resolver, &url, &Method::GET)
+        .await
+        .unwrap();
+    assert_eq!(e.integration.as_deref(), Some("github.com"));
+    assert_eq!(e.origin.as_deref(), Some("api"));
+    assert_eq!(
+        (e.owner.as_deref(), e.repo.as_deref()),
+        (Some("acme"), Some("widgets"))
+    );
+    assert_eq!(
+        (e.credential, e.reason),
+        (CredentialKind::App, Reason::Installed)
+    );
+    assert_eq!((e.app_id, e.installation_id), (Some(APP1), Some(678)));
+    let minted = fake.issued_tokens();
+    assert_eq!(minted.len(), 1);
+    assert_eq!(
+        e.hashed_token.as_deref(),
+        Some(gh_token_proxy::credential::hash_token(&minted[0]).as_str())
+    );
+    let json = serde_json::to_string(&e).unwrap();
+    assert!(!json.contains(&minted[0]), "never the token: {json}");
+    let tree = render_tree(&e);
+    assert!(!tree.contains(&minted[0]), "never the token: {tree}");
+    assert!(tree.contains("✔ App 12345: used (installed)"), "{tree}");
+
+    // The proxy's own address: routed as an origin-form request to the default integration.
+    let e = explain(
+        &config,
+        &resolver,
+        "http://proxy:8080/repos/globex/x",
+        &Method::GET,
+    )
+    .await
+    .unwrap();
+    assert_eq!(e.origin.as_deref(), Some("api"));
+    assert_eq!(
+        (e.credential, e.reason),
+        (CredentialKind::Pat, Reason::NotInstalled)
+    );
+    assert_eq!(e.steps[0].reason, Some(Reason::NotInstalled));
+
+    // The web origin (git, archives, blob pages).
+    let e = explain(
+        &config,
+        &resolver,
+        "https://github.com/acme/widgets/blob/main/README.md",
+        &Method::GET,
+    )
+    .await
+    .unwrap();
+    assert_eq!(e.origin.as_deref(), Some("web"));
+    assert_eq!(
+        (e.credential, e.reason),
+        (CredentialKind::App, Reason::Installed)
+    );
+
+    // No owner.
+    let e = explain(
+        &config,
+        &resolver,
+        "http://proxy:8080/rate_limit",
+        &Method::GET,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (e.credential, e.reason),
+        (CredentialKind::Pat, Reason::NoOwner)
+    );
+}
+
+#[tokio::test]
+async fn explain_reports_refusals_before_resolution() {
+    use gh_token_proxy::explain::explain;
+    let (_fake, config, resolver) = explain_fixture().await;
+    let err = explain(
+        &config,
+        &resolver,
+        "http://proxy:8080/app/installations",
+        &Method::GET,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason, Reason::AppEndpoint);
+    let err = explain(
+        &config,
+        &resolver,
+        "http://proxy:8080/repos/a/%2e%2e",
+        &Method::GET,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason, Reason::InvalidPath);
+}

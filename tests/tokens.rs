@@ -191,3 +191,82 @@ async fn pat_is_built_once_and_shared() {
         .unwrap();
     assert!(Arc::ptr_eq(&a, &b));
 }
+
+#[tokio::test]
+async fn installation_suspended_after_lookup_is_reported_as_suspended() {
+    let fake = FakeGitHub::builder()
+        .app(APP1, APP1_PUB)
+        .installation(APP1, 678, "acme")
+        .start()
+        .await;
+    let (config, resolver) = support::resolver(
+        TestConfig::new(&fake)
+            .token("ghp_x")
+            .app(TestApp::new(APP1, APP1_KEY))
+            .build(),
+    );
+    let integration = &config.integrations[0];
+    let r = resolver
+        .resolve(integration, &Method::GET, Some("acme"), None)
+        .await;
+    assert_eq!(r.reason, Reason::Installed);
+    // Suspended while the installation list is cached: the mint says so (403).
+    fake.set_suspended(678, true);
+    resolver.github().evict_token(0, APP1, 678);
+    let r = resolver
+        .resolve(integration, &Method::GET, Some("acme"), None)
+        .await;
+    assert_eq!(
+        (r.credential, r.reason),
+        (CredentialKind::Pat, Reason::Suspended)
+    );
+}
+
+/// FakeGitHub holds the proxy to GitHub's JWT rules, so a regression in `github::app` fails here.
+#[tokio::test]
+async fn fake_github_refuses_jwts_github_would_refuse() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    let fake = FakeGitHub::builder().app(APP1, APP1_PUB).start().await;
+    let config = TestConfig::new(&fake).build();
+    let client = gh_token_proxy::upstream::build(&config.proxy.upstream).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(APP1_KEY.as_bytes()).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let status_for = |claims: serde_json::Value| {
+        let jwt = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &claims,
+            &key,
+        )
+        .unwrap();
+        let request = http::Request::get(format!("{}/app", fake.api_url()))
+            .header("authorization", format!("Bearer {jwt}"))
+            .header("user-agent", "test")
+            .body(
+                Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap();
+        let client = client.clone();
+        async move { client.request(request).await.unwrap().status().as_u16() }
+    };
+    let good = serde_json::json!({"iat": now - 60, "exp": now + 540, "iss": "12345"});
+    assert_eq!(status_for(good).await, 200);
+    let numeric_iss = serde_json::json!({"iat": now - 60, "exp": now + 540, "iss": 12345});
+    assert_eq!(status_for(numeric_iss).await, 200);
+    let not_backdated = serde_json::json!({"iat": now, "exp": now + 540, "iss": "12345"});
+    assert_eq!(status_for(not_backdated).await, 401);
+    let expired = serde_json::json!({"iat": now - 700, "exp": now - 100, "iss": "12345"});
+    assert_eq!(status_for(expired).await, 401);
+    let too_long = serde_json::json!({"iat": now - 60, "exp": now + 3600, "iss": "12345"});
+    assert_eq!(status_for(too_long).await, 401);
+    let other_app = serde_json::json!({"iat": now - 60, "exp": now + 540, "iss": "999"});
+    assert_eq!(status_for(other_app).await, 401);
+}

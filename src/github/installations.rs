@@ -10,7 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -23,13 +24,16 @@ pub const LIST_TTL: Duration = Duration::from_secs(600);
 /// An owner missing from the list (or a repo missing from a selection) is re-checked at most
 /// this often.
 pub const MISS_RECHECK: Duration = Duration::from_secs(60);
+/// After a failed list fetch, GitHub is not asked again for this long: requests get the stale
+/// answer or the error, so an outage is not hammered by one fetch after another.
+pub const FAILURE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The facts of one installation the decision needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installation {
     pub id: u64,
-    /// The account login as GitHub spells it.
-    pub account: String,
+    /// The account login as GitHub spells it (shared: cloned on every lookup).
+    pub account: Arc<str>,
     /// `suspended_at` was non-null.
     pub suspended: bool,
     /// `repository_selection == "selected"`.
@@ -102,6 +106,10 @@ pub struct Installations {
     policy: CachePolicy,
     snapshot: RwLock<Arc<Snapshot>>,
     refresh: tokio::sync::Mutex<()>,
+    /// List fetches finished, and the last failed one: callers queued behind a failing fetch
+    /// share its error instead of each fetching in turn.
+    fetches: AtomicU64,
+    last_failure: Mutex<Option<(u64, Instant, TokenError)>>,
     repos: DashMap<u64, Arc<RepoList>>,
     repo_locks: DashMap<u64, Arc<tokio::sync::Mutex<()>>>,
 }
@@ -117,6 +125,8 @@ impl Installations {
             policy,
             snapshot: RwLock::new(Arc::new(Snapshot::empty())),
             refresh: tokio::sync::Mutex::new(()),
+            fetches: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
             repos: DashMap::new(),
             repo_locks: DashMap::new(),
         }
@@ -144,13 +154,23 @@ impl Installations {
         if let Some(answer) = self.answer(&seen, owner, Instant::now()) {
             return Ok(answer);
         }
+        let seen_fetches = self.fetches.load(Ordering::Acquire);
         let _guard = self.refresh.lock().await;
         let now_snap = self.current();
         // Another caller refreshed while we waited: its list is as fresh as it gets.
         if now_snap.fetched_at != seen.fetched_at && now_snap.fetched_at.is_some() {
             return Ok(now_snap.find(owner));
         }
-        let list = fetch().await?;
+        let result = match self.failed_since(seen_fetches) {
+            Some(err) => Err(err),
+            None => self.finish(fetch().await),
+        };
+        let list = match result {
+            Ok(list) => list,
+            // GitHub is failing: an installation we knew of keeps serving (its token mint
+            // will say if it is really gone) rather than pushing every request to the PAT.
+            Err(err) => return seen.find(owner).map(Some).ok_or(err),
+        };
         let snap = Arc::new(Snapshot::new(list, Instant::now()));
         let found = snap.find(owner);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
@@ -170,15 +190,39 @@ impl Installations {
         {
             return Ok(seen.list.clone());
         }
+        let seen_fetches = self.fetches.load(Ordering::Acquire);
         let _guard = self.refresh.lock().await;
         let now_snap = self.current();
         if now_snap.fetched_at != seen.fetched_at && now_snap.fetched_at.is_some() {
             return Ok(now_snap.list.clone());
         }
-        let snap = Arc::new(Snapshot::new(fetch().await?, Instant::now()));
+        if let Some(err) = self.failed_since(seen_fetches) {
+            return Err(err);
+        }
+        let snap = Arc::new(Snapshot::new(self.finish(fetch().await)?, Instant::now()));
         let list = snap.list.clone();
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
         Ok(list)
+    }
+
+    fn finish<T>(&self, result: Result<T, TokenError>) -> Result<T, TokenError> {
+        let fetch = self.fetches.fetch_add(1, Ordering::AcqRel) + 1;
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = match &result {
+            Ok(_) => None,
+            Err(err) => Some((fetch, Instant::now(), err.clone())),
+        };
+        result
+    }
+
+    /// The error of a fetch that failed after fetch number `seen`, or within the backoff.
+    fn failed_since(&self, seen: u64) -> Option<TokenError> {
+        let failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        match &*failure {
+            Some((fetch, at, err)) if *fetch > seen || at.elapsed() < FAILURE_BACKOFF => {
+                Some(err.clone())
+            }
+            _ => None,
+        }
     }
 
     /// What the cache can say without GitHub: `Some(answer)`, or `None` when a fetch is due.
@@ -275,12 +319,11 @@ impl Installations {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     fn inst(id: u64, account: &str) -> Installation {
         Installation {
             id,
-            account: account.to_string(),
+            account: account.into(),
             suspended: false,
             selected: false,
         }
@@ -344,6 +387,66 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(cache.repo_selected(1, "gadgets", fetch).await.unwrap());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_fetch_keeps_known_installations_and_is_shared_by_waiters() {
+        let cache = Arc::new(Installations::new(CachePolicy::default()));
+        cache
+            .lookup("acme", || async { Ok(vec![inst(1, "acme")]) })
+            .await
+            .unwrap();
+        tokio::time::advance(LIST_TTL).await;
+        let calls = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let cache = cache.clone();
+                let calls = calls.clone();
+                tokio::spawn(async move {
+                    let owner = if i == 0 { "acme" } else { "globex" };
+                    cache
+                        .lookup(owner, || async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            Err(TokenError::Transport {
+                                context: "listing".into(),
+                                message: "down".into(),
+                            })
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one fetch for every waiter"
+        );
+        assert_eq!(
+            results[0].as_ref().unwrap().as_ref().unwrap().id,
+            1,
+            "stale but known"
+        );
+        assert!(results[1..].iter().all(|r| r.is_err()));
+
+        // Within the backoff GitHub is not asked again; after it, it is.
+        let counting = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![inst(1, "acme"), inst(2, "globex")])
+        };
+        assert_eq!(cache.lookup("acme", counting).await.unwrap().unwrap().id, 1);
+        assert!(cache.lookup("globex", counting).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(FAILURE_BACKOFF).await;
+        assert_eq!(
+            cache.lookup("globex", counting).await.unwrap().unwrap().id,
+            2
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -295,7 +295,10 @@ impl GitHub {
                         token.bearer_header().clone(),
                         "listing the installation's repositories",
                     )
-                    .await?;
+                    .await
+                    .inspect_err(|err| {
+                        tracing::warn!(app_id = app.app_id, installation_id, "{err}")
+                    })?;
                 let mut names = Vec::new();
                 for page in pages {
                     let parsed: RepositoriesJson =
@@ -429,7 +432,7 @@ impl GitHub {
                 let account = i.account?;
                 Some(Installation {
                     id: i.id,
-                    account: account.login.or(account.slug)?,
+                    account: account.login.or(account.slug)?.into(),
                     suspended: i.suspended_at.is_some_and(|v| !v.is_null()),
                     selected: i.repository_selection.as_deref() == Some("selected"),
                 })

@@ -43,6 +43,30 @@ struct Flight {
     lock: tokio::sync::Mutex<()>,
     refreshing: AtomicBool,
     retry_after: Mutex<Option<Instant>>,
+    /// Mint attempts finished so far, and the last failure with its attempt number: callers
+    /// that queued behind a failing mint share its error instead of each minting in turn
+    /// (a GitHub outage must not turn 1,000 waiting requests into 1,000 serial mints).
+    attempts: AtomicU64,
+    last_failure: Mutex<Option<(u64, TokenError)>>,
+}
+
+impl Flight {
+    fn finish(&self, result: Result<(), &TokenError>) {
+        let attempt = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Err(err) = result {
+            *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((attempt, err.clone()));
+        }
+    }
+
+    /// The error of a mint that finished failing after attempt `seen`, if any.
+    fn failed_since(&self, seen: u64) -> Option<TokenError> {
+        let failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        match &*failure {
+            Some((attempt, err)) if *attempt > seen => Some(err.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Counts for `gh_token_proxy_token_cache_lookups_total{result}`.
@@ -101,13 +125,18 @@ where
         }
         self.counters.miss.fetch_add(1, Ordering::Relaxed);
         let flight = self.flight(key);
+        let seen = flight.attempts.load(Ordering::Acquire);
         let _guard = flight.lock.lock().await;
-        // Someone else may have minted while we waited for the lock.
+        // Someone else may have minted (or failed to) while we waited for the lock.
         if let Some(cached) = self.usable(key, Instant::now()) {
             return Ok(cached.token);
         }
-        let minted = mint().await?;
-        Ok(self.store(key, minted))
+        if let Some(err) = flight.failed_since(seen) {
+            return Err(err);
+        }
+        let result = mint().await;
+        flight.finish(result.as_ref().map(|_| ()));
+        Ok(self.store(key, result?))
     }
 
     /// Drops the token for `key` (GitHub said `401`); returns how long ago it was minted.
@@ -142,10 +171,13 @@ where
         let now = Instant::now();
         let token = Arc::new(minted.token);
         let expires_at = now + minted.lifetime;
-        let refresh_at = expires_at
-            .checked_sub(self.refresh_before_expiry)
-            .unwrap_or(now)
-            .max(now);
+        // A token shorter-lived than the margin would be "due for refresh" from birth and
+        // every request would start another mint; refresh such a token at half its life.
+        let refresh_at = if minted.lifetime > self.refresh_before_expiry {
+            expires_at - self.refresh_before_expiry
+        } else {
+            now + minted.lifetime / 2
+        };
         self.tokens.insert(
             key.clone(),
             Cached {
@@ -182,7 +214,9 @@ where
                 .get(&key)
                 .is_some_and(|c| Instant::now() < c.refresh_at);
             if !fresh {
-                match mint().await {
+                let result = mint().await;
+                flight.finish(result.as_ref().map(|_| ()));
+                match result {
                     Ok(minted) => {
                         cache.store(&key, minted);
                     }
@@ -340,6 +374,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failed_mint_is_an_error_and_the_next_request_retries() {
         let cache = Arc::new(TokenCache::<u64>::new(Duration::from_secs(600)));
+        // Ten callers queue behind one failing mint: one attempt, ten errors.
+        let attempts = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let cache = cache.clone();
+                let attempts = attempts.clone();
+                tokio::spawn(async move {
+                    cache
+                        .get(&1, move || async move {
+                            attempts.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            Err(TokenError::GitHub {
+                                context: "mint".into(),
+                                status: 502,
+                                message: "down".into(),
+                            })
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap().is_err());
+        }
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
         let err = cache
             .get(&1, || async {
                 Err(TokenError::GitHub {
@@ -353,5 +412,24 @@ mod tests {
         assert!(err.to_string().contains("boom"));
         let mint = FakeMint::new(HOUR, Duration::ZERO);
         assert_eq!(cache.get(&1, mint.mint()).await.unwrap().expose(), "tok-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_shorter_lived_than_the_margin_refreshes_at_half_life() {
+        let cache = Arc::new(TokenCache::<u64>::new(Duration::from_secs(600)));
+        let mint = FakeMint::new(Duration::from_secs(300), Duration::ZERO);
+        cache.get(&1, mint.mint()).await.unwrap();
+        for _ in 0..149 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            cache.get(&1, mint.mint()).await.unwrap();
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(mint.mints(), 1, "no refresh before half-life");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..100 {
+            cache.get(&1, mint.mint()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(mint.mints(), 2, "one refresh, not one per request");
     }
 }

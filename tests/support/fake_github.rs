@@ -88,6 +88,22 @@ struct State {
     mint_delay: Duration,
     requests: Vec<RecordedRequest>,
     last_authorization: Option<String>,
+    /// `/rate_limit` headers per PAT (check).
+    pat_details: HashMap<String, PatDetails>,
+}
+
+/// What `/rate_limit` says about one PAT, as GitHub's headers do (`check` reads them).
+#[derive(Debug, Clone, Default)]
+pub struct PatDetails {
+    /// `X-OAuth-Scopes` (classic PATs): `"repo, read:org"`. `None` sends no header (fine-grained).
+    pub scopes: Option<String>,
+    /// `GitHub-Authentication-Token-Expiration`: `"2026-12-01 10:00:00 UTC"`. `None`: no expiry.
+    pub expiration: Option<String>,
+    /// `resources.core.remaining` and `X-RateLimit-Remaining`; default 4999.
+    pub remaining: Option<u64>,
+    /// Answer like GitHub Enterprise Server with rate limiting off: 404 "Rate limiting is not
+    /// enabled." (still with the PAT's headers).
+    pub rate_limiting_disabled: bool,
 }
 
 /// Configures a [`FakeGitHub`] before it starts.
@@ -97,6 +113,7 @@ pub struct FakeGitHubBuilder {
     pats: Vec<String>,
     token_lifetime: Duration,
     page_size: usize,
+    pat_details: Vec<(String, PatDetails)>,
 }
 
 impl FakeGitHubBuilder {
@@ -147,6 +164,13 @@ impl FakeGitHubBuilder {
         self
     }
 
+    /// A PAT FakeGitHub accepts, whose `/rate_limit` answer carries these details (check).
+    pub fn pat_with(mut self, pat: &str, details: PatDetails) -> Self {
+        self.pats.push(pat.to_string());
+        self.pat_details.push((pat.to_string(), details));
+        self
+    }
+
     /// Lifetime of minted installation tokens (GitHub: 1 hour).
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
         self.token_lifetime = lifetime;
@@ -184,6 +208,7 @@ impl FakeGitHubBuilder {
             mint_delay: Duration::ZERO,
             requests: Vec::new(),
             last_authorization: None,
+            pat_details: self.pat_details.into_iter().collect(),
         }));
         let task = tokio::spawn(serve(listener, acceptor, state.clone()));
         FakeGitHub {
@@ -221,6 +246,7 @@ impl FakeGitHub {
             pats: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
             page_size: 100,
+            pat_details: Vec::new(),
         }
     }
 
@@ -296,6 +322,11 @@ impl FakeGitHub {
         self.state()
             .installations
             .retain(|i| i.id != installation_id);
+    }
+
+    /// The PAT no longer authenticates: `/rate_limit` answers 401 `Bad credentials`.
+    pub fn revoke_pat(&self, pat: &str) {
+        self.state().pats.remove(pat);
     }
 
     // ---- what happened ----
@@ -498,7 +529,8 @@ fn verify_jwt(state: &State, jwt: &str) -> Option<u64> {
     let key = state.apps.get(&app_id)?;
     let mut validation = Validation::new(Algorithm::RS256);
     validation.leeway = 0;
-    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    // `iss` is checked above (jsonwebtoken only takes string issuers; GitHub also takes numbers).
+    validation.set_required_spec_claims(&["exp", "iat"]);
     let verified = jsonwebtoken::decode::<Value>(jwt, key, &validation).ok()?;
     let iat = verified.claims["iat"].as_u64()?;
     let exp = verified.claims["exp"].as_u64()?;
@@ -582,6 +614,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let presented = authorization.clone();
     let (auth, delay) = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         let auth = authenticate(&s, authorization.as_deref());
@@ -604,7 +637,53 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
         tokio::time::sleep(delay).await;
     }
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(reply) = pat_rate_limit(&s, &method, &path, &auth, presented.as_deref()) {
+        return reply;
+    }
     route(&mut s, &method, &segments, &path, query.as_deref(), &auth)
+}
+
+/// `GET /rate_limit` for a PAT with [`PatDetails`]: GitHub's headers about that PAT. `route` only
+/// knows *that* a PAT authenticated, not which one, so this answers before it.
+fn pat_rate_limit(
+    s: &State,
+    method: &Method,
+    path: &str,
+    auth: &Auth,
+    authorization: Option<&str>,
+) -> Option<Reply> {
+    if *method != Method::GET || path != "/rate_limit" || *auth != Auth::Pat {
+        return None;
+    }
+    let pat = authorization?
+        .strip_prefix("Bearer ")
+        .or_else(|| authorization?.strip_prefix("token "))?;
+    let details = s.pat_details.get(pat)?;
+    let remaining = details.remaining.unwrap_or(4999);
+    let mut response = if details.rate_limiting_disabled {
+        message(404, "Rate limiting is not enabled.")
+    } else {
+        let mut response = reply(
+            200,
+            json!({"resources": {"core": {"limit": 5000, "remaining": remaining, "used": 5000 - remaining.min(5000), "reset": now_unix() + 3600}}}),
+        );
+        response.headers_mut().insert(
+            "x-ratelimit-remaining",
+            remaining.to_string().parse().unwrap(),
+        );
+        response
+    };
+    let headers = response.headers_mut();
+    if let Some(scopes) = &details.scopes {
+        headers.insert("x-oauth-scopes", scopes.parse().unwrap());
+    }
+    if let Some(expiration) = &details.expiration {
+        headers.insert(
+            "github-authentication-token-expiration",
+            expiration.parse().unwrap(),
+        );
+    }
+    Some(response)
 }
 
 /// Every endpoint FakeGitHub knows, in one place.

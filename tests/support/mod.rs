@@ -4,6 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fake_github;
+pub mod git_backend;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,10 +58,9 @@ impl TestApp {
     }
 }
 
-/// Builds a `Config` with one `github.com` integration whose `apiBaseUrl` is the FakeGitHub.
-///
-/// Built directly from the config types until the YAML parser lands; then [`TestConfig::yaml`]
-/// gives the same config as YAML for `Config::from_yaml_with`.
+/// Builds a `Config` with one `github.com` integration whose `apiBaseUrl` is the FakeGitHub:
+/// [`TestConfig::yaml`] is the app-config YAML, [`TestConfig::build`] parses it with the real
+/// parser, [`TestConfig::build_direct`] constructs the same `Config` by hand (a cross-check).
 pub struct TestConfig {
     api_url: String,
     ca_file: Option<PathBuf>,
@@ -150,7 +151,15 @@ impl TestConfig {
         out
     }
 
+    /// The config as the real parser reads it from [`TestConfig::yaml`].
     pub fn build(self) -> Config {
+        let yaml = self.yaml();
+        Config::from_yaml_with(&yaml, std::path::Path::new("."), &|_| None)
+            .unwrap_or_else(|err| panic!("{err}\n{yaml}"))
+    }
+
+    /// The same config built from the types directly.
+    pub fn build_direct(self) -> Config {
         let authority = self
             .api_url
             .strip_prefix("https://")

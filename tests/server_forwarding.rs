@@ -1,0 +1,393 @@
+//! Forwarding end to end (SPEC §4, §8): the three addressing forms, header rules both ways,
+//! `Link` rewriting and learned repository ids, streaming in both directions, upstream failures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod server_common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use server_common::*;
+
+#[tokio::test]
+async fn default_form_forwards_with_pat_and_strips_client_headers() {
+    let upstream = Upstream::start(|_req| async {
+        Response::builder()
+            .header("connection", "x-up-hop")
+            .header("x-up-hop", "secret-hop")
+            .header("keep-alive", "timeout=5")
+            .header("x-github-request-id", "C0DE:1")
+            .body(full("{}"))
+            .unwrap()
+    })
+    .await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    let req = Request::get("/repos/acme/widgets/pulls?state=open")
+        .header("host", proxy.addr.to_string())
+        .header("authorization", "Bearer client-chosen")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-github-owner", "other")
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("te", "trailers")
+        .header("accept", "application/vnd.github+json")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (response, headers) = proxy.send(req).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(headers["x-credential-type"], "pat");
+    assert_eq!(headers["x-credential-reason"], "no_app");
+    assert_eq!(headers["x-request-id"].len(), 26);
+    assert!(headers.get("x-up-hop").is_none());
+    assert!(headers.get("keep-alive").is_none());
+    assert_eq!(headers["x-github-request-id"], "C0DE:1");
+
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.uri, "/repos/acme/widgets/pulls?state=open");
+    assert_eq!(s.headers["authorization"], "Bearer ghp_testpat");
+    assert_eq!(s.headers["host"], upstream.addr.to_string());
+    assert_eq!(s.headers["accept"], "application/vnd.github+json");
+    assert!(
+        s.headers["user-agent"]
+            .to_str()
+            .unwrap()
+            .starts_with("gh-token-proxy/")
+    );
+    for gone in ["proxy-authorization", "x-github-owner", "x-hop", "te"] {
+        assert!(s.headers.get(gone).is_none(), "{gone} was forwarded");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn host_prefix_and_forward_proxy_forms_reach_the_same_origin() {
+    let upstream = Upstream::ok().await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    let prefixed = proxy
+        .get(&format!("/{}/repos/acme/widgets", upstream.addr))
+        .await;
+    assert_eq!(prefixed.status(), StatusCode::OK);
+    let absolute = Request::get(format!("http://{}/repos/acme/widgets", upstream.addr))
+        .header("host", upstream.addr.to_string())
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (absolute, _) = proxy.send(absolute).await;
+    assert_eq!(absolute.status(), StatusCode::OK);
+    let uris: Vec<String> = upstream.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, vec!["/repos/acme/widgets", "/repos/acme/widgets"]);
+    let records = proxy.stop().await;
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r["owner"], "acme");
+        assert_eq!(r["repo"], "widgets");
+        assert_eq!(r["host"], upstream.addr.to_string());
+        assert_eq!(r["path"], "/repos/acme/widgets");
+    }
+}
+
+#[tokio::test]
+async fn link_is_rewritten_and_repository_ids_are_learned() {
+    let upstream = Upstream::start(|req| async move {
+        let link = format!(
+            "<http://{}/repositories/4242/issues?page=2>; rel=\"next\"",
+            req.headers()["host"].to_str().unwrap()
+        );
+        Response::builder()
+            .header("link", link)
+            .body(full("[]"))
+            .unwrap()
+    })
+    .await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    let first = proxy.get("/repos/acme/widgets/issues").await;
+    assert_eq!(
+        first.headers()["link"],
+        format!(
+            "<http://{}/repositories/4242/issues?page=2>; rel=\"next\"",
+            proxy.addr
+        )
+    );
+    let second = proxy.get("/repositories/4242/issues?page=2").await;
+    assert_eq!(second.status(), StatusCode::OK);
+    let records = proxy.stop().await;
+    assert_eq!(records[1]["path"], "/repositories/4242/issues");
+    assert_eq!(records[1]["owner"], "acme");
+    assert_eq!(records[1]["repo"], "widgets");
+}
+
+#[tokio::test]
+async fn upload_streams_without_buffering() {
+    // The upstream acknowledges the first chunk while the client still holds the rest: only
+    // possible if the proxy forwards before the body is complete.
+    let (first_seen_tx, first_seen_rx) = tokio::sync::oneshot::channel::<()>();
+    let first_seen_tx = Arc::new(std::sync::Mutex::new(Some(first_seen_tx)));
+    let upstream = Upstream::start(move |req| {
+        let first_seen_tx = first_seen_tx.clone();
+        async move {
+            let mut body = req.into_body();
+            let mut total = 0usize;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.unwrap();
+                if let Some(data) = frame.data_ref() {
+                    total += data.len();
+                    if let Some(tx) = first_seen_tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            Response::new(full(total.to_string()))
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+    >(1);
+    let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let req = Request::post("/repos/acme/widgets/releases/1/assets")
+        .header("host", proxy.addr.to_string())
+        .body(body.boxed())
+        .unwrap();
+    let addr = proxy.addr;
+    let sending = tokio::spawn(async move { send_to(addr, req).await });
+    tx.send(Ok(Frame::data(chunk.clone()))).await.unwrap();
+    tokio::time::timeout(WAIT, first_seen_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    // 16 MiB more after the upstream already saw data.
+    for _ in 0..256 {
+        tx.send(Ok(Frame::data(chunk.clone()))).await.unwrap();
+    }
+    drop(tx);
+    let (response, _) = sending.await.unwrap();
+    assert_eq!(response.body(), &Bytes::from((257 * 64 * 1024).to_string()));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn download_streams_without_buffering() {
+    // The upstream sends one chunk, then waits until the client has it before finishing.
+    let (got_first_tx, got_first_rx) = tokio::sync::oneshot::channel::<()>();
+    let got_first_rx = Arc::new(tokio::sync::Mutex::new(Some(got_first_rx)));
+    let upstream = Upstream::start(move |_req| {
+        let got_first_rx = got_first_rx.clone();
+        async move {
+            let stream = futures_util::stream::unfold(0u32, move |n| {
+                let got_first_rx = got_first_rx.clone();
+                async move {
+                    match n {
+                        0 => Some((Ok(Frame::data(Bytes::from(vec![b'a'; 1024]))), 1)),
+                        1 => {
+                            if let Some(rx) = got_first_rx.lock().await.take() {
+                                let _ = rx.await;
+                            }
+                            Some((Ok(Frame::data(Bytes::from(vec![b'b'; 1024]))), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            let body: TestBody = StreamBody::new(stream).boxed();
+            Response::new(body)
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/repos/acme/widgets/tarball/main")
+        .header("host", proxy.addr.to_string())
+        .body(full(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(WAIT, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.data_ref().unwrap()[0], b'a');
+    got_first_tx.send(()).unwrap();
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert!(rest.ends_with(b"b"));
+    let records = proxy.stop().await;
+    assert_eq!(records[0]["bytes_out"], 2048);
+    assert_eq!(records[0]["outcome"], "ok");
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    // A port that was just free: nothing listens there.
+    let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let proxy = TestProxy::start(&pat_config(addr, Some("ghp_testpat"), "")).await;
+    let response = proxy.get("/repos/acme/widgets").await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(body["reason"], "upstream_unreachable");
+    assert_eq!(
+        response.headers()["x-credential-reason"],
+        "upstream_unreachable"
+    );
+    let records = proxy.stop().await;
+    assert_eq!(records[0]["outcome"], "upstream_error");
+    assert_eq!(records[0]["upstream_status"], serde_json::Value::Null);
+    assert_eq!(records[0]["status"], 502);
+}
+
+#[tokio::test]
+async fn tls_failure_is_502_upstream_tls() {
+    // A plain-HTTP server behind an https:// base URL fails the TLS handshake.
+    let upstream = Upstream::ok().await;
+    let yaml = format!(
+        "integrations:\n  github:\n    - host: github.com\n      apiBaseUrl: https://{}\n      token: ghp_testpat\nproxy:\n  listen: 127.0.0.1:0\n",
+        upstream.addr
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let response = proxy.get("/repos/acme/widgets").await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(body["reason"], "upstream_tls", "{body}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_after_response_timeout() {
+    let upstream = Upstream::start(|_req| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let proxy = TestProxy::start(&pat_config(
+        upstream.addr,
+        Some("ghp_testpat"),
+        "  upstream:\n    responseTimeoutMs: 200\n",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let response = proxy.get("/repos/acme/widgets").await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(body["reason"], "upstream_timeout");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn conflicting_content_length_and_transfer_encoding_never_smuggle() {
+    let upstream = Upstream::ok().await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    let raw = format!(
+        "POST /repos/acme/widgets/issues HTTP/1.1\r\nHost: {}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /repos/evil/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        proxy.addr
+    );
+    let _ = raw_exchange(proxy.addr, raw.as_bytes()).await;
+    let seen = upstream.seen();
+    assert!(seen.iter().all(|s| !s.uri.contains("smuggled")), "{seen:?}");
+    for s in &seen {
+        assert!(s.headers.get("content-length").is_none_or(|v| v != "4"));
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn graphql_owner_comes_from_the_body_which_is_forwarded_intact() {
+    let upstream = Upstream::start(|req| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Response::new(full(body))
+    })
+    .await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    let query = r#"{"query":"query($owner:String!,$name:String!){repository(owner:$owner,name:$name){id}}","variables":{"owner":"acme","name":"widgets"}}"#;
+    let (response, _) = proxy
+        .send(
+            Request::post("/graphql")
+                .header("host", proxy.addr.to_string())
+                .header("content-type", "application/json")
+                .body(full(query))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body(), &Bytes::from(query));
+    assert_eq!(upstream.seen()[0].uri, "/graphql");
+    let records = proxy.stop().await;
+    assert_eq!(records[0]["owner"], "acme");
+    assert_eq!(records[0]["repo"], "widgets");
+}
+
+#[tokio::test]
+async fn requests_without_owner_use_the_header_then_the_default_owner() {
+    let upstream = Upstream::ok().await;
+    let proxy = TestProxy::start(&pat_config(
+        upstream.addr,
+        Some("ghp_testpat"),
+        "  defaultOwner: fallback-org\n",
+    ))
+    .await;
+    let (r, _) = proxy
+        .send(
+            Request::get("/user")
+                .header("host", proxy.addr.to_string())
+                .header("x-github-owner", "acme")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(proxy.get("/rate_limit").await.status(), StatusCode::OK);
+    assert!(upstream.seen()[0].headers.get("x-github-owner").is_none());
+    let records = proxy.stop().await;
+    assert_eq!(records[0]["owner"], "acme");
+    assert_eq!(records[1]["owner"], "fallback-org");
+    assert!(records[1]["repo"].is_null());
+}
+
+#[tokio::test]
+async fn head_request_is_recorded_as_ok() {
+    let upstream = Upstream::start(|_req| async {
+        Response::builder()
+            .header("content-length", "1234")
+            .body(full(Bytes::new()))
+            .unwrap()
+    })
+    .await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    let (r, _) = proxy
+        .send(
+            Request::head("/repos/acme/widgets")
+                .header("host", proxy.addr.to_string())
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let records = proxy.stop().await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["method"], "HEAD");
+    assert_eq!(records[0]["outcome"], "ok");
+    assert_eq!(records[0]["bytes_out"], 0);
+}
