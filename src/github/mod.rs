@@ -216,12 +216,19 @@ impl GitHub {
     }
 
     fn app(&self, integration_index: usize, app_index: usize) -> Result<Arc<AppState>, TokenError> {
+        self.app_ref(integration_index, app_index).cloned()
+    }
+
+    fn app_ref(
+        &self,
+        integration_index: usize,
+        app_index: usize,
+    ) -> Result<&Arc<AppState>, TokenError> {
         let app = self
             .inner
             .apps
             .get(integration_index)
             .and_then(|apps| apps.get(app_index))
-            .cloned()
             .ok_or_else(|| TokenError::BadResponse {
                 context: format!("integrations.github[{integration_index}].apps[{app_index}]"),
                 message: "no such app".to_string(),
@@ -264,8 +271,13 @@ impl GitHub {
         app_index: usize,
         installation_id: u64,
     ) -> Result<Arc<Token>, TokenError> {
-        let app = self.app(integration_index, app_index)?;
+        let app = self.app_ref(integration_index, app_index)?;
         let key = (integration_index, app.app_id, installation_id);
+        // The hit path: no Arc clones for a mint closure that would not run.
+        if let Some(token) = self.inner.tokens.get_fresh(&key) {
+            return Ok(token);
+        }
+        let app = app.clone();
         let this = self.clone();
         self.inner
             .tokens

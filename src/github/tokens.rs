@@ -151,6 +151,22 @@ where
         self.tokens.get(key).map(|c| c.token.clone())
     }
 
+    /// The hit path alone: the cached token when it is before its refresh time (and has at least
+    /// [`MIN_REMAINING`] left), counted as a hit; `None` means "call [`TokenCache::get`]". Lets a
+    /// caller skip building its `'static` mint closure (`Arc` clones) when no mint can happen.
+    pub fn get_fresh(&self, key: &K) -> Option<Arc<Token>> {
+        let now = Instant::now();
+        let cached = self.tokens.get(key)?;
+        if now < cached.refresh_at
+            && cached.expires_at.saturating_duration_since(now) >= MIN_REMAINING
+        {
+            self.counters.hit.fetch_add(1, Ordering::Relaxed);
+            Some(cached.token.clone())
+        } else {
+            None
+        }
+    }
+
     fn usable(&self, key: &K, now: Instant) -> Option<Cached> {
         let cached = self.tokens.get(key)?;
         if cached.expires_at.saturating_duration_since(now) >= MIN_REMAINING {
