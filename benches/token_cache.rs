@@ -4,8 +4,9 @@
 //! - `hit_*`: resolving an already-cached installation token through the real API
 //!   (`GitHub::installation_token`, what the resolver calls, and `TokenCache::get` under it) on 1
 //!   and 2 threads, for one hot installation and for 10,000 installations, beside a
-//!   `Mutex<HashMap>` and an `RwLock<HashMap>` holding the same `Arc<Token>`s, measured in the
-//!   same run. Each thread does the criterion iteration count, so `thrpt` is the aggregate
+//!   `Mutex<HashMap>`, an `RwLock<HashMap>` and a bare `DashMap` (the cache's map without its
+//!   expiry check) holding the same `Arc<Token>`s, measured in the same run, plus the cost of one
+//!   clock read. Each thread does the criterion iteration count, so `thrpt` is the aggregate
 //!   lookups per second of all threads; a ratio line per case is printed at the end.
 //! - `cold_storm`: 10,000 concurrent first requests for 100 installations against the in-process
 //!   TLS `FakeGitHub` (fresh caches each iteration, pooled upstream client): time to serve all,
@@ -27,6 +28,7 @@ use std::sync::{Arc, Barrier, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, measurement::WallTime};
+use dashmap::DashMap;
 use futures_util::FutureExt as _;
 use gh_token_proxy::credential::Token;
 use gh_token_proxy::github::tokens::{Minted, TokenCache};
@@ -48,6 +50,9 @@ struct Caches {
     cache: Arc<TokenCache<TokenKey>>,
     mutex: Mutex<HashMap<TokenKey, Arc<Token>>>,
     rwlock: RwLock<HashMap<TokenKey, Arc<Token>>>,
+    /// The cache's own map type without the expiry bookkeeping: separates the cost of the map
+    /// from the cost of reading the clock.
+    dashmap: DashMap<TokenKey, Arc<Token>>,
 }
 
 fn key(installation: u64) -> TokenKey {
@@ -97,6 +102,7 @@ impl Caches {
             github,
             cache,
             mutex: Mutex::new(tokens.clone()),
+            dashmap: tokens.iter().map(|(k, t)| (*k, t.clone())).collect(),
             rwlock: RwLock::new(tokens),
         }
     }
@@ -187,6 +193,22 @@ fn hit_group(g: &mut BenchmarkGroup<'_, WallTime>, caches: &Caches, installation
             },
         );
         g.bench_with_input(
+            BenchmarkId::new("dashmap", threads),
+            &threads,
+            |b, &threads| {
+                b.iter_custom(|iters| {
+                    on_threads(threads, iters, &|i| {
+                        let token = caches
+                            .dashmap
+                            .get(&key(pick(i, installations)))
+                            .map(|t| t.clone())
+                            .unwrap();
+                        black_box(token);
+                    })
+                })
+            },
+        );
+        g.bench_with_input(
             BenchmarkId::new("rwlock_hashmap", threads),
             &threads,
             |b, &threads| {
@@ -256,17 +278,18 @@ fn print_ratios() {
     for group in ["hit_1_installation", "hit_10000_installations"] {
         for threads in THREADS {
             let get = |name: &str| mean_ns(&format!("{group}/{name}/{threads}"));
-            let (Some(github), Some(cache), Some(mutex), Some(rwlock)) = (
+            let (Some(github), Some(cache), Some(mutex), Some(rwlock), Some(dashmap)) = (
                 get("github"),
                 get("token_cache"),
                 get("mutex_hashmap"),
                 get("rwlock_hashmap"),
+                get("dashmap"),
             ) else {
                 println!("  {group} threads={threads}: not measured in this run");
                 continue;
             };
             println!(
-                "  {group} threads={threads}: github {github:.1} ns, token_cache {cache:.1} ns, mutex {mutex:.1} ns, rwlock {rwlock:.1} ns; \
+                "  {group} threads={threads}: github {github:.1} ns, token_cache {cache:.1} ns, mutex {mutex:.1} ns, rwlock {rwlock:.1} ns, dashmap {dashmap:.1} ns; \
                  ratio mutex/github {:.2}, rwlock/github {:.2}, mutex/token_cache {:.2}, rwlock/token_cache {:.2}",
                 mutex / github,
                 rwlock / github,
@@ -274,6 +297,9 @@ fn print_ratios() {
                 rwlock / cache
             );
         }
+    }
+    if let Some(now) = mean_ns("clock/tokio_instant_now") {
+        println!("  one tokio::time::Instant::now() (test-util build): {now:.1} ns");
     }
     let mints = STORM_MINTS.load(Ordering::Relaxed);
     if mints > 0 {
@@ -329,6 +355,13 @@ fn main() {
         g.finish();
         let mut g = c.benchmark_group("hit_10000_installations");
         hit_group(&mut g, &many, MANY);
+        g.finish();
+        // What the cache pays per lookup to know a token is still fresh (tokio's clock; in
+        // benches tokio has `test-util`, which adds a thread-local check the binary does not).
+        let mut g = c.benchmark_group("clock");
+        g.bench_function("tokio_instant_now", |b| {
+            b.iter(|| black_box(tokio::time::Instant::now()))
+        });
         g.finish();
     }
     {
