@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fake_github;
+pub mod secrets;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
