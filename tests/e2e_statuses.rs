@@ -12,7 +12,7 @@ mod e2e;
 use std::time::Duration;
 
 use bytes::Bytes;
-use e2e::{Reply, World, raw, record_of, request};
+use e2e::{Reply, World, raw, request};
 use http::Method;
 use support::fake_github::Scripted;
 use tokio::io::AsyncReadExt;
@@ -20,8 +20,7 @@ use tokio::net::TcpStream;
 
 /// The record of `reply` says the same status, credential, reason and outcome.
 async fn assert_recorded(w: &World, reply: &Reply, outcome: &str) {
-    let records = w.audit(1).await;
-    let r = record_of(&records, reply);
+    let r = &w.record(reply).await;
     assert_eq!(r["status"], reply.status.as_u16());
     assert_eq!(r["credential"], reply.header("x-credential-type"));
     assert_eq!(r["reason"], reply.header("x-credential-reason"));
@@ -131,8 +130,7 @@ async fn status_407_without_a_client_key_and_403_client_policy_outside_allow() {
     )
     .await;
     reply.assert_error(403, "none", "client_policy");
-    let records = w.audit(2).await;
-    assert_eq!(record_of(&records, &reply)["client"], "catalog");
+    assert_eq!(w.record(&reply).await["client"], "catalog");
 
     // The same key inside its allow list is served (and never forwarded).
     let reply = request(

@@ -136,6 +136,28 @@ proxy:
         request(self.proxy.addr, Method::GET, target, &[], Bytes::new()).await
     }
 
+    /// Waits for the audit record of `reply` (records are written when the exchange ends, which
+    /// may be just after the client has the whole body).
+    pub async fn record(&self, reply: &Reply) -> Value {
+        let id = reply.header("x-request-id");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(r) = self
+                .proxy
+                .read_audit()
+                .into_iter()
+                .find(|r| r["request_id"] == id)
+            {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no audit record {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until the audit file has at least `n` records; returns them all.
     pub async fn audit(&self, n: usize) -> Vec<Value> {
         wait_audit(&self.proxy, n).await
