@@ -3,10 +3,10 @@
 //! them. Also the `401` eviction and retry (§7.2).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod server_common;
-mod support;
 #[path = "support/e2e.rs"]
 mod e2e;
+mod server_common;
+mod support;
 
 use std::time::SystemTime;
 
@@ -64,7 +64,10 @@ fn assert_record(
     assert_eq!(r["client_addr"], local.to_string());
     let duration = r["duration_ms"].as_f64().unwrap();
     let elapsed = window.1.duration_since(window.0).unwrap().as_secs_f64() * 1000.0;
-    assert!(duration >= 0.0 && duration <= elapsed + 1.0, "{duration} > {elapsed}");
+    assert!(
+        duration >= 0.0 && duration <= elapsed + 1.0,
+        "{duration} > {elapsed}"
+    );
     for (key, value) in expected.as_object().unwrap() {
         assert_eq!(&r[key], value, "field {key} of {r}");
     }
@@ -351,6 +354,8 @@ async fn revoked_app_token_is_evicted_and_the_request_retried_with_a_fresh_one()
     assert_eq!(r["upstream_status"], 200);
 
     // The next request uses the fresh token without another mint.
-    w.get("/repos/acme/widgets").await.assert_served(200, "app", "installed");
+    w.get("/repos/acme/widgets")
+        .await
+        .assert_served(200, "app", "installed");
     assert_eq!(w.fake.mint_count(), 2);
 }

@@ -4,10 +4,10 @@
 //! audit record agrees.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod server_common;
-mod support;
 #[path = "support/e2e.rs"]
 mod e2e;
+mod server_common;
+mod support;
 
 use std::time::Duration;
 
@@ -203,7 +203,10 @@ async fn status_502_upstream_unreachable_on_a_closed_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_502_upstream_tls_when_the_ca_is_not_trusted() {
     let w = World::start().await;
-    let target = format!("/localhost:{}/repos/acme/widgets", w.untrusted.addr().port());
+    let target = format!(
+        "/localhost:{}/repos/acme/widgets",
+        w.untrusted.addr().port()
+    );
     let reply = w.get(&target).await;
     let message = reply.assert_error(502, "pat", "upstream_tls");
     assert!(message.contains("TLS"), "{message}");
@@ -247,9 +250,8 @@ async fn status_504_upstream_timeout_past_response_timeout() {
     let w = World::start().await;
     w.fake.script(
         "GET /repos/acme/slow",
-        Scripted::json(serde_json::json!({})).delay(Duration::from_millis(
-            e2e::RESPONSE_TIMEOUT_MS + 2000,
-        )),
+        Scripted::json(serde_json::json!({}))
+            .delay(Duration::from_millis(e2e::RESPONSE_TIMEOUT_MS + 2000)),
     );
     let started = std::time::Instant::now();
     let reply = w.get("/repos/acme/slow").await;
