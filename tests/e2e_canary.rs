@@ -105,6 +105,10 @@ async fn no_token_pat_or_key_appears_in_anything_the_proxy_wrote() {
         "/user".to_string(),
         format!("/{}/api/v3/repos/ghe-org/tools", w.ghe_authority()),
         format!("/{api}/raw/acme/widgets/main/README.md"),
+        format!(
+            "/{}/ghe-org/tools.git/info/refs?service=git-upload-pack",
+            w.ghe_authority()
+        ),
     ] {
         replies.push(w.get(&target).await);
     }
@@ -139,7 +143,9 @@ async fn no_token_pat_or_key_appears_in_anything_the_proxy_wrote() {
     for token in w.fake.issued_tokens() {
         w.fake.revoke_token(&token);
     }
-    replies.push(w.get("/repos/acme/widgets").await);
+    let retried = w.get("/repos/acme/widgets").await;
+    retried.assert_served(200, "app", "installed");
+    replies.push(retried);
     remember(&w);
 
     // Refusals and upstream errors.
@@ -192,7 +198,10 @@ async fn no_token_pat_or_key_appears_in_anything_the_proxy_wrote() {
     for status in [200, 403, 400, 502, 504] {
         assert!(statuses.contains(&status), "{statuses:?}");
     }
-    assert!(tokens.len() >= 2, "github.com app, GHE app: {tokens:?}");
+    assert!(
+        tokens.len() >= 3,
+        "github.com app, its replacement after the 401, GHE app: {tokens:?}"
+    );
     let text = String::from_utf8_lossy(&diagnostics);
     assert!(text.contains("DEBUG"), "debug diagnostics were captured");
     // §7.1: a failing GitHub call is logged at warn with GitHub's message.

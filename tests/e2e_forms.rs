@@ -167,3 +167,50 @@ async fn raw_origin_by_host_prefix_and_forward_proxy_form() {
         .collect();
     assert_eq!(auths, [Auth::Installation(INST1), Auth::Pat]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_origin_git_smart_http_gets_basic_x_access_token() {
+    let w = World::start().await;
+    let target = format!(
+        "/{}/ghe-org/tools.git/info/refs?service=git-upload-pack",
+        w.ghe_authority()
+    );
+    let reply = w.get(&target).await;
+    reply.assert_served(200, "app", "installed");
+    // FakeGitHub accepts `Basic base64(x-access-token:TOKEN)` only for a token it issued.
+    assert_eq!(
+        seen(&reply),
+        (
+            "/ghe-org/tools.git/info/refs".into(),
+            format!("app:{INST2}")
+        )
+    );
+    let authorization = w.ghe.last_authorization().unwrap();
+    assert!(authorization.starts_with("Basic "), "{authorization}");
+    let r = w.record(&reply).await;
+    assert_eq!(r["owner"], "ghe-org");
+    assert_eq!(r["repo"], "tools");
+    assert_eq!(r["path"], "/ghe-org/tools.git/info/refs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ghe_graphql_goes_to_api_graphql() {
+    let w = World::start().await;
+    let body = json!({"query": "{x}", "variables": {"login": "ghe-org"}});
+    let target = format!("/{}/api/graphql", w.ghe_authority());
+    let reply = request(
+        w.proxy.addr,
+        Method::POST,
+        &target,
+        &[("content-type", "application/json")],
+        Bytes::from(body.to_string()),
+    )
+    .await;
+    reply.assert_served(200, "app", "installed");
+    assert_eq!(
+        seen(&reply),
+        ("/api/graphql".into(), format!("app:{INST2}"))
+    );
+    assert_eq!(w.ghe.calls("POST /api/graphql"), 1);
+    assert_eq!(w.record(&reply).await["app_id"], APP2);
+}

@@ -83,9 +83,12 @@ async fn status_403_no_credential_says_what_was_tried_and_what_to_do() {
     let message = reply.assert_error(403, "none", "no_credential");
     assert_eq!(
         message,
-        "no GitHub credential for other/thing on ghe.acme.test: GitHub App 202 is not installed \
-         on 'other' and integrations.github[1].token is not set; install the App on 'other' or \
-         configure a PAT"
+        format!(
+            "no GitHub credential for other/thing on {}: GitHub App 202 is not installed on \
+             'other' and integrations.github[1].token is not set; install the App on 'other' or \
+             configure a PAT",
+            w.ghe_authority()
+        )
     );
     assert_recorded(&w, &reply, "refused").await;
 }

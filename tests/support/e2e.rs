@@ -1,6 +1,6 @@
 //! The end-to-end world: the real server on 127.0.0.1:0 in front of FakeGitHubs over real TLS,
 //! with four integrations (github.com with an App, a PAT and a raw origin; a GHE with an App
-//! under `/api/v3` and no PAT; one whose port is closed; one whose CA is not trusted), and the
+//! under `/api/v3`, its web origin on the same server, and no PAT; one whose port is closed; one whose CA is not trusted), and the
 //! HTTP clients the tests need (hyper with the local address, raw TCP). Included by the
 //! `e2e_*` test binaries with `#[path = "support/e2e.rs"] mod e2e;` next to `mod support;` and
 //! `mod server_common;`.
@@ -33,7 +33,8 @@ pub const RESPONSE_TIMEOUT_MS: u64 = 1000;
 pub struct World {
     /// github.com's API (and raw origin under `/raw`): App 101 on `acme`, the PAT.
     pub fake: FakeGitHub,
-    /// A GHE API under `/api/v3`: App 202 on `ghe-org`, no PAT.
+    /// A GHE under `/api/v3` (its web origin, `host: localhost:PORT`, is the same server): App
+    /// 202 on `ghe-org`, no PAT.
     pub ghe: FakeGitHub,
     /// Serves TLS with a CA the proxy does not trust.
     pub untrusted: FakeGitHub,
@@ -82,7 +83,7 @@ impl World {
       apps:
         - appId: {APP1}
           privateKey: {key1}
-    - host: ghe.acme.test
+    - host: {ghe_host}
       apiBaseUrl: {ghe}
       apps:
         - appId: {APP2}
@@ -101,6 +102,7 @@ proxy:
 {proxy_extra}",
             api = fake.api_url(),
             ghe = ghe.api_url(),
+            ghe_host = format!("localhost:{}", ghe.addr().port()),
             untrusted = untrusted.api_url(),
             key1 = key(APP1_KEY),
             key2 = key(APP2_KEY),
