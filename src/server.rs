@@ -440,7 +440,7 @@ async fn phases(
     let mut graphql = false;
     let (mut owner, mut repo, body) = match parsed {
         PathTarget::About { owner, repo } => (owner, repo, request_body(body)),
-        PathTarget::RepositoryId(id) => match shared.repo_ids.get(id) {
+        PathTarget::RepositoryId(id) => match shared.repo_ids.get(route.integration.index, id) {
             Some((o, r)) => (Some(o), Some(r), request_body(body)),
             None => (None, None, request_body(body)),
         },
@@ -543,7 +543,9 @@ async fn phases(
     if let (Some(o), Some(r)) = (&owner, &repo) {
         for link in head.headers.get_all(header::LINK) {
             if let Ok(link) = link.to_str() {
-                shared.repo_ids.learn_from_link(link, o, r);
+                shared
+                    .repo_ids
+                    .learn_from_link(route.integration.index, link, o, r);
             }
         }
     }

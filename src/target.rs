@@ -311,9 +311,11 @@ pub fn is_valid_repo(repo: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// Remembered `/repositories/{id}` → (owner, repo), bounded (§5, learned repository ids).
+/// Remembered `/repositories/{id}` → (owner, repo), bounded (§5, learned repository ids). Keyed
+/// by integration too: each GitHub instance numbers its repositories independently, so GHE's 4242
+/// is not github.com's 4242.
 pub struct RepoIds {
-    cache: Mutex<LruCache<u64, (String, String)>>,
+    cache: Mutex<LruCache<(usize, u64), (String, String)>>,
 }
 
 impl RepoIds {
@@ -324,15 +326,16 @@ impl RepoIds {
         }
     }
 
-    pub fn get(&self, id: u64) -> Option<(String, String)> {
+    pub fn get(&self, integration: usize, id: u64) -> Option<(String, String)> {
         // A poisoned lock only means another thread panicked mid-update of a cache: the data is
         // still a valid LRU, so keep using it rather than failing every later request.
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.get(&id).cloned()
+        cache.get(&(integration, id)).cloned()
     }
 
-    /// Remembers every `/repositories/{id}/` URL in a `Link` header value as belonging to owner/repo.
-    pub fn learn_from_link(&self, link: &str, owner: &str, repo: &str) {
+    /// Remembers every `/repositories/{id}/` URL in a `Link` header value (from `integration`)
+    /// as belonging to owner/repo.
+    pub fn learn_from_link(&self, integration: usize, link: &str, owner: &str, repo: &str) {
         const NEEDLE: &str = "/repositories/";
         let mut rest = link;
         let mut found = Vec::new();
@@ -352,7 +355,7 @@ impl RepoIds {
         }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         for id in found {
-            cache.put(id, (owner.to_owned(), repo.to_owned()));
+            cache.put((integration, id), (owner.to_owned(), repo.to_owned()));
         }
     }
 }
@@ -766,43 +769,61 @@ mod tests {
     fn learns_every_repository_id_in_a_link_header() {
         let ids = RepoIds::new(16);
         ids.learn_from_link(
+            0,
             r#"<https://api.github.com/repositories/123/pulls?page=2>; rel="next", <https://api.github.com/repositories/456?page=9>; rel="last", <https://api.github.com/repositories/789>; rel="first""#,
             "acme",
             "widgets",
         );
         for id in [123, 456, 789] {
-            assert_eq!(ids.get(id), Some(("acme".to_owned(), "widgets".to_owned())));
+            assert_eq!(
+                ids.get(0, id),
+                Some(("acme".to_owned(), "widgets".to_owned()))
+            );
         }
-        assert_eq!(ids.get(1), None);
+        assert_eq!(ids.get(0, 1), None);
     }
 
     #[test]
     fn ignores_malformed_repository_ids() {
         let ids = RepoIds::new(16);
         ids.learn_from_link(
+            0,
             "<https://x/repositories/12a/pulls>, <https://x/repositories/>, https://x/repositories/77",
             "o",
             "r",
         );
-        assert_eq!(ids.get(12), None);
+        assert_eq!(ids.get(0, 12), None);
         // a bare id at the end of the value counts
-        assert_eq!(ids.get(77), Some(("o".to_owned(), "r".to_owned())));
-        ids.learn_from_link("/repositories/99999999999999999999999/x", "o", "r");
+        assert_eq!(ids.get(0, 77), Some(("o".to_owned(), "r".to_owned())));
+        ids.learn_from_link(0, "/repositories/99999999999999999999999/x", "o", "r");
+    }
+
+    #[test]
+    fn repo_ids_are_per_integration() {
+        let ids = RepoIds::new(16);
+        ids.learn_from_link(
+            1,
+            "<https://ghe/api/v3/repositories/4242/issues?page=2>",
+            "g",
+            "t",
+        );
+        assert_eq!(ids.get(1, 4242), Some(("g".to_owned(), "t".to_owned())));
+        assert_eq!(ids.get(0, 4242), None);
     }
 
     #[test]
     fn repo_ids_are_bounded() {
         let ids = RepoIds::new(2);
-        ids.learn_from_link("/repositories/1/x", "o", "a");
-        ids.learn_from_link("/repositories/2/x", "o", "b");
-        assert!(ids.get(1).is_some()); // 1 is now most recent
-        ids.learn_from_link("/repositories/3/x", "o", "c");
-        assert_eq!(ids.get(2), None);
-        assert!(ids.get(1).is_some());
-        assert!(ids.get(3).is_some());
+        ids.learn_from_link(0, "/repositories/1/x", "o", "a");
+        ids.learn_from_link(0, "/repositories/2/x", "o", "b");
+        assert!(ids.get(0, 1).is_some()); // 1 is now most recent
+        ids.learn_from_link(0, "/repositories/3/x", "o", "c");
+        assert_eq!(ids.get(0, 2), None);
+        assert!(ids.get(0, 1).is_some());
+        assert!(ids.get(0, 3).is_some());
         let zero = RepoIds::new(0);
-        zero.learn_from_link("/repositories/1", "o", "r");
-        assert!(zero.get(1).is_some());
+        zero.learn_from_link(0, "/repositories/1", "o", "r");
+        assert!(zero.get(0, 1).is_some());
     }
 
     // properties
@@ -847,7 +868,7 @@ mod tests {
             let s = String::from_utf8_lossy(&b);
             let _ = parse(kind, &s, Some(&s));
             let _ = graphql_target(&b);
-            RepoIds::new(4).learn_from_link(&s, "o", "r");
+            RepoIds::new(4).learn_from_link(0, &s, "o", "r");
         }
 
         #[test]
