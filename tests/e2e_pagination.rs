@@ -261,3 +261,62 @@ async fn redirects_are_rewritten_to_the_forward_proxy_form_the_client_used() {
     let reply = follow(&w, &format!("http://{api}/repos/acme/widgets/html")).await;
     assert_eq!(reply.header("location"), "http://github.com/acme/widgets");
 }
+
+/// GHE's `ghe-org/tools` has repository id 4242 too: ids are per GitHub instance.
+fn script_ghe_pages(w: &World) {
+    let base = w.ghe.api_url();
+    w.ghe.script(
+        "GET /repos/ghe-org/tools/issues",
+        Scripted::json(json!([{"number": 1}])).header(
+            "link",
+            &format!("<{base}/repositories/4242/issues?page=2>; rel=\"next\""),
+        ),
+    );
+    w.ghe.script(
+        "GET /repositories/4242/issues?page=2",
+        Scripted::json(json!([{"number": 2}])),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_prefix_client_follows_ghe_link_to_the_ghe_app() {
+    let w = World::start().await;
+    script_ghe_pages(&w);
+    let ghe = w.ghe_authority();
+    let first = format!("{}/{ghe}/api/v3/repos/ghe-org/tools/issues", w.proxy_base());
+    let pages = follow_pages(&w, &first).await;
+    assert_eq!(
+        next_link(&pages[0]).unwrap(),
+        format!(
+            "{}/{ghe}/api/v3/repositories/4242/issues?page=2",
+            w.proxy_base()
+        )
+    );
+    assert_eq!(pages.len(), 2);
+    for page in &pages {
+        page.assert_served(200, "app", "installed");
+    }
+    let auths: Vec<Auth> = w.ghe.requests().into_iter().map(|r| r.auth).collect();
+    assert!(auths.ends_with(&[
+        Auth::Installation(e2e::INST2),
+        Auth::Installation(e2e::INST2)
+    ]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_id_learned_on_one_instance_is_not_applied_to_another() {
+    let w = World::start().await;
+    script_ghe_pages(&w);
+    script_issue_pages(&w);
+    let ghe = w.ghe_authority();
+    // Learn GHE's 4242 = ghe-org/tools.
+    w.get(&format!("/{ghe}/api/v3/repos/ghe-org/tools/issues"))
+        .await
+        .assert_served(200, "app", "installed");
+    // github.com's repository 4242 is someone else's: the proxy does not know whose.
+    let reply = w.get("/repositories/4242/issues?page=2").await;
+    reply.assert_served(200, "pat", "no_owner");
+    let r = w.record(&reply).await;
+    assert_eq!(r["owner"], serde_json::Value::Null, "{r}");
+    assert_eq!(r["repo"], serde_json::Value::Null, "{r}");
+}

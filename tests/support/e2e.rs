@@ -83,7 +83,7 @@ impl World {
       apps:
         - appId: {APP1}
           privateKey: {key1}
-    - host: {ghe_host}
+    - host: localhost:{ghe_port}
       apiBaseUrl: {ghe}
       apps:
         - appId: {APP2}
@@ -102,7 +102,7 @@ proxy:
 {proxy_extra}",
             api = fake.api_url(),
             ghe = ghe.api_url(),
-            ghe_host = format!("localhost:{}", ghe.addr().port()),
+            ghe_port = ghe.addr().port(),
             untrusted = untrusted.api_url(),
             key1 = key(APP1_KEY),
             key2 = key(APP2_KEY),
