@@ -11,7 +11,7 @@ use crate::config::{ClientConfig, Config};
 use crate::credential::{CredentialKind, Reason};
 use crate::github::GitHub;
 use crate::resolve::{Resolver, Step};
-use crate::target::PathTarget;
+use crate::target::{PathTarget, RepoIds};
 
 /// One step as `--json` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -123,6 +123,18 @@ pub async fn explain(
     url: &str,
     method: &http::Method,
 ) -> Result<Explanation, ExplainError> {
+    explain_with_repo_ids(config, resolver, None, url, method).await
+}
+
+/// As [`explain`], inside a running proxy: `/repositories/{id}` URLs use the repository ids it
+/// has learned, as its requests do (the admin `/explain`).
+pub async fn explain_with_repo_ids(
+    config: &Config,
+    resolver: &Resolver,
+    repo_ids: Option<&RepoIds>,
+    url: &str,
+    method: &http::Method,
+) -> Result<Explanation, ExplainError> {
     let uri: http::Uri = url.parse().map_err(|err| ExplainError {
         reason: Reason::InvalidRequest,
         message: format!("not a URL: {url}: {err}"),
@@ -161,7 +173,9 @@ pub async fn explain(
     let (owner, repo) = match target {
         PathTarget::About { owner, repo } => (owner, repo),
         // Learned ids live in the running proxy; the CLI cannot know them.
-        PathTarget::RepositoryId(_) => (None, None),
+        PathTarget::RepositoryId(id) => repo_ids
+            .and_then(|ids| ids.get(route.integration.index, id))
+            .map_or((None, None), |(o, r)| (Some(o), Some(r))),
         // The owner of a GraphQL call is in its header or body, which explain does not have.
         PathTarget::Graphql => (None, None),
         PathTarget::AppEndpoint => {
