@@ -320,3 +320,39 @@ async fn a_repository_id_learned_on_one_instance_is_not_applied_to_another() {
     assert_eq!(r["owner"], serde_json::Value::Null, "{r}");
     assert_eq!(r["repo"], serde_json::Value::Null, "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_url_is_the_base_of_rewritten_links_and_locations() {
+    let w = World::start_with("  publicUrl: http://gh-proxy.internal:8080\n").await;
+    script_issue_pages(&w);
+    script_redirects(&w);
+    let reply = w.get("/repos/acme/widgets/issues").await;
+    assert_eq!(
+        next_link(&reply).unwrap(),
+        "http://gh-proxy.internal:8080/repositories/4242/issues?page=2"
+    );
+    let reply = w.get("/repos/acme/widgets/tarball").await;
+    assert_eq!(
+        reply.header("location"),
+        "http://gh-proxy.internal:8080/repos/acme/widgets/tarball/main"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_explain_of_a_learned_repository_id_agrees_with_the_audit_record() {
+    let w = World::start().await;
+    script_issue_pages(&w);
+    w.get("/repos/acme/widgets/issues").await;
+    let reply = w.get("/repositories/4242/issues?page=2").await;
+    reply.assert_served(200, "app", "installed");
+    let url = format!("{}/repositories/4242/issues?page=2", w.proxy_base());
+    let encoded =
+        percent_encoding::utf8_percent_encode(&url, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let response = w.proxy.admin_get(&format!("/explain?url={encoded}")).await;
+    assert_eq!(response.status(), 200);
+    let e: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    let r = w.record(&reply).await;
+    assert_eq!(e["credential"], r["credential"], "{e}");
+    assert_eq!(e["reason"], r["reason"], "{e}");
+    assert_eq!(e["owner"], r["owner"], "{e}");
+}
