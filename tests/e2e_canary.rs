@@ -1,8 +1,9 @@
 //! Secret canary (SPEC §3.2, §7.3): a varied session through the real server (App, PAT,
 //! refusals, a `401` retry, GraphQL, a failing mint, upstream errors, explain, metrics) with
 //! diagnostics captured at debug level; then everything the proxy wrote (audit file,
-//! diagnostics, every response head and body) is searched for every token FakeGitHub issued,
-//! every PAT and every private-key line. None may appear.
+//! diagnostics, every response head and body, explain and admin output) is searched for every
+//! token FakeGitHub issued, every App JWT it accepted, every PAT and every private-key line.
+//! None may appear.
 //!
 //! One test in this binary: it installs the process-wide tracing subscriber.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -87,6 +88,11 @@ async fn no_token_pat_or_key_appears_in_anything_the_proxy_wrote() {
     let mut remember = |w: &World| {
         tokens.extend(w.fake.issued_tokens());
         tokens.extend(w.ghe.issued_tokens());
+    };
+    let jwts = |w: &World| {
+        let mut all = w.fake.jwts();
+        all.extend(w.ghe.jwts());
+        all
     };
     w.fake.script(
         "GET /repos/acme/slow",
@@ -186,6 +192,7 @@ async fn no_token_pat_or_key_appears_in_anything_the_proxy_wrote() {
         .await;
     remember(&w);
 
+    let jwts = jwts(&w);
     w.audit(replies.len()).await;
     let audit = std::fs::read(&w.proxy.audit_path).unwrap();
     // Stopping (drain, flush) writes diagnostics too.
@@ -220,6 +227,16 @@ async fn no_token_pat_or_key_appears_in_anything_the_proxy_wrote() {
     let mut secrets = Secrets::new();
     for (i, token) in tokens.iter().enumerate() {
         secrets.token(&format!("installation token {i}"), token);
+    }
+    // An App JWT lets its holder act as the App: as secret as the key.
+    assert!(!jwts.is_empty());
+    for (i, jwt) in jwts.iter().enumerate() {
+        secrets.token(&format!("app JWT {i}"), jwt);
+        // Its signature alone is enough to recognise it.
+        secrets.token(
+            &format!("app JWT {i} signature"),
+            jwt.rsplit('.').next().unwrap(),
+        );
     }
     secrets
         .token("PAT", PAT)

@@ -95,6 +95,8 @@ struct State {
     prefix: String,
     scripted: HashMap<String, Scripted>,
     strict_auth: bool,
+    /// Every App JWT that authenticated (the canary searches for them).
+    jwts: Vec<String>,
 }
 
 /// A scripted answer (e2e tests), keyed by `"METHOD /path"` or `"METHOD /path?query"` (the
@@ -271,6 +273,7 @@ impl FakeGitHubBuilder {
             prefix: self.prefix,
             scripted: HashMap::new(),
             strict_auth: false,
+            jwts: Vec::new(),
         }));
         let task = tokio::spawn(serve(listener, acceptor, state.clone()));
         FakeGitHub {
@@ -404,6 +407,11 @@ impl FakeGitHub {
     }
 
     // ---- what happened ----
+
+    /// Every App JWT that authenticated, in order (e2e canary).
+    pub fn jwts(&self) -> Vec<String> {
+        self.state().jwts.clone()
+    }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state().requests.clone()
@@ -707,6 +715,11 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
             query: query.clone(),
             auth: auth.clone(),
         });
+        if let (Auth::Jwt(_), Some(value)) = (&auth, &authorization)
+            && let Some(jwt) = value.strip_prefix("Bearer ")
+        {
+            s.jwts.push(jwt.to_string());
+        }
         s.last_authorization = authorization;
         (auth, s.mint_delay)
     };
