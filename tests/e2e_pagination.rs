@@ -356,3 +356,20 @@ async fn admin_explain_of_a_learned_repository_id_agrees_with_the_audit_record()
     assert_eq!(e["reason"], r["reason"], "{e}");
     assert_eq!(e["owner"], r["owner"], "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_prefix_client_of_the_default_integration_gets_default_form_links() {
+    let w = World::start().await;
+    script_issue_pages(&w);
+    let first = format!(
+        "{}/{}/repos/acme/widgets/issues",
+        w.proxy_base(),
+        w.api_authority()
+    );
+    let pages = follow_pages(&w, &first).await;
+    assert_eq!(
+        next_link(&pages[0]).unwrap(),
+        format!("{}/repositories/4242/issues?page=2", w.proxy_base())
+    );
+    assert_every_page_served_by_the_app(&w, &pages);
+}

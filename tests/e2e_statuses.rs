@@ -58,6 +58,9 @@ async fn status_403_unknown_host_in_host_prefix_and_forward_proxy_forms() {
     let message = reply.assert_error(403, "none", "unknown_host");
     assert!(message.contains("evil.example.com"), "{message}");
     assert_recorded(&w, &reply, "refused").await;
+    let r = w.record(&reply).await;
+    assert_eq!(r["host"], serde_json::Value::Null, "not routed: {r}");
+    assert_eq!(r["upstream_status"], serde_json::Value::Null);
     let reply = raw(
         w.proxy.addr,
         b"GET http://evil.example.com/repos/acme/widgets HTTP/1.1\r\nHost: evil.example.com\r\nConnection: close\r\n\r\n",
