@@ -245,8 +245,11 @@ pub async fn serve_main(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // Handlers are installed before announcing readiness, so an early SIGTERM still drains.
+    // Handlers are installed before announcing readiness, so an early SIGTERM still drains and an
+    // early SIGHUP (logrotate right at startup) reopens the log instead of killing the process.
     let stop = stop_signal();
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let proxy_addr = listener.local_addr().map_or(listen, |a| a);
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(
@@ -260,8 +263,7 @@ pub async fn serve_main(config: Config) -> ExitCode {
     let hup = tokio::spawn(async move {
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{SignalKind, signal};
-            if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            if let Some(mut hup) = hangup {
                 while hup.recv().await.is_some() {
                     tracing::info!("SIGHUP: reopening the audit log");
                     audit.reopen().await;
