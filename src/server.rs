@@ -162,7 +162,7 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
                         shared.metrics.observe_shed_connection();
-                        tokio::spawn(shed(stream));
+                        tokio::spawn(shed(shared.clone(), stream, peer));
                         continue;
                     };
                     let shared = shared.clone();
@@ -311,16 +311,23 @@ fn stop_signal() -> impl Future<Output = ()> {
 }
 
 /// Answers a connection beyond `maxConnections` with one `503 overloaded` and closes it, without
-/// reading its request (that is the work being shed).
-async fn shed(mut stream: TcpStream) {
+/// parsing its request with hyper (that is the work being shed). The request line it drains
+/// afterwards is enough for the audit record every request gets (§7.3); a connection that sent
+/// nothing made no request and gets none.
+async fn shed(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let arrived = SystemTime::now();
+    let started = Instant::now();
+    let request_id = Ulid::new();
     let err = ProxyError::Overloaded;
     let body = err.body();
     let mut id = [0u8; ulid::ULID_LEN];
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\nx-request-id: {}\r\nx-credential-type: none\r\nx-credential-reason: overloaded\r\n\r\n",
         body.len(),
-        Ulid::new().array_to_str(&mut id)
+        request_id.array_to_str(&mut id)
     );
+    // The first bytes the client sent: enough for a request line.
+    let mut first = Vec::new();
     let io = async {
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(&body).await?;
@@ -334,11 +341,54 @@ async fn shed(mut stream: TcpStream) {
             if n == 0 {
                 break;
             }
+            if first.len() < SHED_REQUEST_LINE_MAX {
+                let take = n.min(SHED_REQUEST_LINE_MAX - first.len());
+                first.extend_from_slice(buf.get(..take).unwrap_or_default());
+            }
             total += n;
         }
         Ok::<(), std::io::Error>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), io).await;
+    let Some((method, path)) = shed_request_line(&first) else {
+        return;
+    };
+    let mut record = AuditRecord::new(arrived, request_id, peer, method);
+    record.path = path;
+    record.credential = CredentialKind::None;
+    record.reason = Some(Reason::Overloaded);
+    record.status = Some(503);
+    record.bytes_out = body.len() as u64;
+    record.outcome = Outcome::Refused;
+    let duration = started.elapsed();
+    record.duration_ms = duration.as_secs_f64() * 1000.0;
+    shared.metrics.observe_request(
+        CredentialKind::None,
+        Some(Reason::Overloaded),
+        Some(503),
+        duration,
+    );
+    shared.audit.send(record).await;
+}
+
+/// How much of a shed connection's input is kept to find its request line.
+const SHED_REQUEST_LINE_MAX: usize = 8 * 1024;
+
+/// Method and path (no query; `None` for an absolute-form target, whose path is not routed) of
+/// `METHOD SP target SP HTTP/1.x`, or `None` when the bytes are not a request line.
+fn shed_request_line(bytes: &[u8]) -> Option<(Method, Option<String>)> {
+    let line_end = bytes.iter().position(|&b| b == b'\r' || b == b'\n')?;
+    let line = std::str::from_utf8(bytes.get(..line_end)?).ok()?;
+    let mut parts = line.split(' ');
+    let method = Method::from_bytes(parts.next()?.as_bytes()).ok()?;
+    let target = parts.next()?;
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let path = target
+        .starts_with('/')
+        .then(|| target.split('?').next().unwrap_or(target).to_owned());
+    Some((method, path))
 }
 
 /// One request: runs the phases, then hands the record to the body so it is written exactly once
