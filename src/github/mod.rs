@@ -524,7 +524,8 @@ fn app_auth(app: &AppState) -> Result<HeaderValue, TokenError> {
     }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+/// hyper's top-level errors ("client error (Connect)") hide the cause; the chain names it.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -535,9 +536,10 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
-/// GitHub's error bodies are `{"message": ..., "documentation_url": ...}`; only `message` is kept.
-fn github_error(context: &str, status: StatusCode, body: &[u8]) -> TokenError {
-    let message = serde_json::from_slice::<serde_json::Value>(body)
+/// GitHub's error bodies are `{"message": ..., "documentation_url": ...}`; only `message` is kept,
+/// else the status's reason phrase.
+pub(crate) fn github_message(status: StatusCode, body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {
             v.get("message")
@@ -549,11 +551,14 @@ fn github_error(context: &str, status: StatusCode, body: &[u8]) -> TokenError {
                 .canonical_reason()
                 .unwrap_or("no message")
                 .to_string()
-        });
+        })
+}
+
+fn github_error(context: &str, status: StatusCode, body: &[u8]) -> TokenError {
     TokenError::GitHub {
         context: context.to_string(),
         status: status.as_u16(),
-        message,
+        message: github_message(status, body),
     }
 }
 
