@@ -1,9 +1,276 @@
-//! `gh-token-proxy explain` (resolver helper).
+//! `gh-token-proxy explain` and the admin `/explain` endpoint (SPEC §9): the decision for one URL,
+//! as a tree in the shape of github-integrations.md's decision tree, or as JSON. Never a token.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde::Serialize;
 
 use crate::config::Config;
+use crate::credential::{CredentialKind, Reason};
+use crate::github::GitHub;
+use crate::resolve::{Resolver, Step};
+use crate::target::PathTarget;
 
+/// One step as `--json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExplainStep {
+    pub check: &'static str,
+    pub app_id: Option<u64>,
+    pub result: &'static str,
+    pub reason: Option<Reason>,
+}
+
+/// What the proxy would do for one request. Serializes to exactly the `explain --json` shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// The integration's host (`github.com`); `None` when the request was not routed.
+    pub integration: Option<String>,
+    /// `api`, `raw`, `web`, `graphql`.
+    pub origin: Option<String>,
+    pub owner: Option<String>,
+    pub repo: Option<String>,
+    pub steps: Vec<ExplainStep>,
+    pub credential: CredentialKind,
+    pub reason: Reason,
+    pub app_id: Option<u64>,
+    pub installation_id: Option<u64>,
+    pub hashed_token: Option<String>,
+    /// The full steps (with details), for the tree.
+    #[serde(skip)]
+    pub details: Vec<Step>,
+    /// The refusal message, when refused.
+    #[serde(skip)]
+    pub message: Option<String>,
+    /// `METHOD URL` as asked.
+    #[serde(skip)]
+    pub request: String,
+}
+
+/// A request the proxy would refuse before resolving a credential (`unknown_host`,
+/// `invalid_path`, `app_endpoint`, ...). Its `reason` is what the audit record would say.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ExplainError {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Explanation {
+    /// The explanation of a refused request: credential `none` with the refusal's reason.
+    pub fn refused(request: String, err: &ExplainError) -> Self {
+        Explanation {
+            integration: None,
+            origin: None,
+            owner: None,
+            repo: None,
+            steps: Vec::new(),
+            credential: CredentialKind::None,
+            reason: err.reason,
+            app_id: None,
+            installation_id: None,
+            hashed_token: None,
+            details: Vec::new(),
+            message: Some(err.message.clone()),
+            request,
+        }
+    }
+}
+
+/// Works out the decision for `method url` as the proxy would (it may look up installations and
+/// mint, as the proxy would; the token itself is never returned, only its hash).
+pub async fn explain(
+    config: &Config,
+    resolver: &Resolver,
+    url: &str,
+    method: &http::Method,
+) -> Result<Explanation, ExplainError> {
+    let uri: http::Uri = url.parse().map_err(|err| ExplainError {
+        reason: Reason::InvalidRequest,
+        message: format!("not a URL: {url}: {err}"),
+    })?;
+    let route = match crate::route::route(config, method, &uri) {
+        Ok(route) => route,
+        // `http://proxy:8080/repos/o/r`: the proxy's own address; what matters is the path, as
+        // the proxy would see it in origin form.
+        Err(err) if err.reason == Reason::UnknownHost && uri.authority().is_some() => {
+            let origin_form: http::Uri = uri
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/")
+                .parse()
+                .map_err(|_| ExplainError {
+                    reason: err.reason,
+                    message: err.message.clone(),
+                })?;
+            crate::route::route(config, method, &origin_form).map_err(|_| ExplainError {
+                reason: err.reason,
+                message: err.message,
+            })?
+        }
+        Err(err) => {
+            return Err(ExplainError {
+                reason: err.reason,
+                message: err.message,
+            });
+        }
+    };
+    let target = crate::target::parse(route.origin, &route.target_path, route.query.as_deref())
+        .map_err(|err| ExplainError {
+            reason: Reason::InvalidPath,
+            message: err.0,
+        })?;
+    let (owner, repo) = match target {
+        PathTarget::About { owner, repo } => (owner, repo),
+        // Learned ids live in the running proxy; the CLI cannot know them.
+        PathTarget::RepositoryId(_) => (None, None),
+        // The owner of a GraphQL call is in its header or body, which explain does not have.
+        PathTarget::Graphql => (None, None),
+        PathTarget::AppEndpoint => {
+            return Err(ExplainError {
+                reason: Reason::AppEndpoint,
+                message: format!(
+                    "{} would act as the GitHub App itself; the proxy refuses it",
+                    route.target_path
+                ),
+            });
+        }
+    };
+    // §5: a request with no owner uses proxy.defaultOwner.
+    let owner = owner.or_else(|| config.proxy.default_owner.clone());
+    let resolution = resolver
+        .resolve(
+            &route.integration,
+            method,
+            owner.as_deref(),
+            repo.as_deref(),
+        )
+        .await;
+    Ok(Explanation {
+        integration: Some(route.integration.host.clone()),
+        origin: Some(route.origin.as_str().to_string()),
+        owner,
+        repo,
+        steps: resolution
+            .steps
+            .iter()
+            .map(|s| ExplainStep {
+                check: s.check,
+                app_id: s.app_id,
+                result: s.result,
+                reason: s.reason,
+            })
+            .collect(),
+        credential: resolution.credential,
+        reason: resolution.reason,
+        app_id: resolution.app_id,
+        installation_id: resolution.installation_id,
+        hashed_token: resolution.token.as_ref().map(|t| t.hashed().to_string()),
+        details: resolution.steps.clone(),
+        message: resolution.message.clone(),
+        request: format!("{method} {url}"),
+    })
+}
+
+fn mark(result: &str) -> &'static str {
+    match result {
+        "used" => "✔",
+        "skipped" | "unavailable" => "✘",
+        _ => "·",
+    }
+}
+
+fn describe(step: &Step) -> String {
+    let mut out = step.result.to_string();
+    if let Some(reason) = step.reason {
+        let _ = write!(out, " ({reason})");
+    }
+    if let Some(detail) = &step.detail {
+        let _ = write!(out, ": {detail}");
+    }
+    out
+}
+
+/// The human tree, in the shape of github-integrations.md's decision tree.
+pub fn render_tree(e: &Explanation) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", e.request);
+    let Some(integration) = &e.integration else {
+        let _ = writeln!(out, "└─ refused before any credential: {}", e.reason);
+        if let Some(message) = &e.message {
+            let _ = writeln!(out, "   {message}");
+        }
+        let _ = writeln!(out, "credential: none   reason: {}", e.reason);
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "Integration Resolver: {integration} ({} origin), owner {}, repo {}",
+        e.origin.as_deref().unwrap_or("-"),
+        e.owner.as_deref().unwrap_or("(none)"),
+        e.repo.as_deref().unwrap_or("(none)"),
+    );
+    let apps: Vec<&Step> = e.details.iter().filter(|s| s.check == "app").collect();
+    let app_used = apps.iter().any(|s| s.result == "used");
+    let _ = writeln!(
+        out,
+        "├─ {} GitHub App installed on target org/repo?",
+        if app_used { "✔" } else { "✘" }
+    );
+    if apps.is_empty() {
+        let _ = writeln!(out, "│  └─ no GitHub App configured");
+    }
+    for (i, step) in apps.iter().enumerate() {
+        let branch = if i + 1 == apps.len() {
+            "└─"
+        } else {
+            "├─"
+        };
+        let _ = writeln!(
+            out,
+            "│  {branch} {} App {}: {}",
+            mark(step.result),
+            step.app_id.unwrap_or_default(),
+            describe(step)
+        );
+    }
+    if app_used {
+        let _ = writeln!(out, "│     → Create JWT → Exchange for Installation Token");
+    }
+    let later: Vec<(&str, &Step)> = e
+        .details
+        .iter()
+        .filter_map(|s| {
+            let label = match s.check {
+                "public_access" => "Public access (GET/HEAD, publicAccess: true)?",
+                "pat" => "PAT configured in integrations.github.token?",
+                "anonymous" => "Anonymous allowed (proxy.allowAnonymous)?",
+                "refuse" => "Fail: missing credentials / install App or add PAT",
+                _ => return None,
+            };
+            Some((label, s))
+        })
+        .collect();
+    for (label, step) in &later {
+        let _ = writeln!(out, "├─ {} {label} {}", mark(step.result), describe(step));
+    }
+    if let Some(message) = &e.message {
+        let _ = writeln!(out, "│     {message}");
+    }
+    let _ = writeln!(
+        out,
+        "└─ credential: {}   reason: {}   app: {}   installation: {}   hashed_token: {}",
+        e.credential,
+        e.reason,
+        e.app_id.map_or("-".to_string(), |v| v.to_string()),
+        e.installation_id.map_or("-".to_string(), |v| v.to_string()),
+        e.hashed_token.as_deref().unwrap_or("-"),
+    );
+    out
+}
+
+/// `gh-token-proxy explain URL [--method M] [--client NAME] [--json]`.
 pub async fn explain_main(
     config: Config,
     url: &str,
@@ -11,6 +278,122 @@ pub async fn explain_main(
     client: Option<String>,
     json: bool,
 ) -> ExitCode {
-    let _ = (config, url, method, client, json);
-    unimplemented!("resolver helper")
+    // client policy: wired by the server change (the client's allow/methods/credentials rules
+    // live in `clients`; the lead connects them here).
+    let _ = client;
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("gh-token-proxy: --method {method:?} is not an HTTP method");
+        return ExitCode::from(2);
+    };
+    let config = Arc::new(config);
+    let upstream = match crate::upstream::build(&config.proxy.upstream) {
+        Ok(upstream) => upstream,
+        Err(err) => {
+            eprintln!("gh-token-proxy: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let github = Arc::new(GitHub::new(config.clone(), upstream));
+    let resolver = Resolver::new(github, config.proxy.allow_anonymous);
+    let explanation = match explain(&config, &resolver, url, &method).await {
+        Ok(e) => e,
+        Err(err) => Explanation::refused(format!("{method} {url}"), &err),
+    };
+    if json {
+        match serde_json::to_string_pretty(&explanation) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                eprintln!("gh-token-proxy: {err}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        print!("{}", render_tree(&explanation));
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Explanation {
+        Explanation {
+            integration: Some("github.com".into()),
+            origin: Some("api".into()),
+            owner: Some("acme".into()),
+            repo: Some("widgets".into()),
+            steps: vec![ExplainStep {
+                check: "app",
+                app_id: Some(12345),
+                result: "skipped",
+                reason: Some(Reason::NotInstalled),
+            }],
+            credential: CredentialKind::Pat,
+            reason: Reason::NotInstalled,
+            app_id: None,
+            installation_id: None,
+            hashed_token: Some("abc=".into()),
+            details: vec![
+                Step {
+                    check: "app",
+                    app_id: Some(12345),
+                    result: "skipped",
+                    reason: Some(Reason::NotInstalled),
+                    detail: None,
+                },
+                Step {
+                    check: "pat",
+                    app_id: None,
+                    result: "used",
+                    reason: Some(Reason::NotInstalled),
+                    detail: None,
+                },
+            ],
+            message: None,
+            request: "GET https://api.github.com/repos/acme/widgets".into(),
+        }
+    }
+
+    #[test]
+    fn json_has_exactly_the_spec_keys() {
+        let value = serde_json::to_value(sample()).unwrap();
+        let mut keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "app_id",
+                "credential",
+                "hashed_token",
+                "installation_id",
+                "integration",
+                "origin",
+                "owner",
+                "reason",
+                "repo",
+                "steps"
+            ]
+        );
+        assert_eq!(
+            value["steps"][0],
+            serde_json::json!({"check": "app", "app_id": 12345, "result": "skipped", "reason": "not_installed"})
+        );
+        assert_eq!(value["credential"], "pat");
+    }
+
+    #[test]
+    fn tree_marks_the_path_taken() {
+        let tree = render_tree(&sample());
+        assert!(
+            tree.contains("✘ App 12345: skipped (not_installed)"),
+            "{tree}"
+        );
+        assert!(tree.contains("✔ PAT configured"), "{tree}");
+        assert!(
+            tree.contains("credential: pat   reason: not_installed"),
+            "{tree}"
+        );
+    }
 }

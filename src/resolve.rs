@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::Integration;
+use crate::config::{AppConfig, Integration};
 use crate::credential::{CredentialKind, Reason, Token};
-use crate::github::GitHub;
+use crate::github::{GitHub, TokenError};
 
 /// One check of the decision tree, as `explain` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,6 +39,7 @@ pub struct Resolution {
 }
 
 /// Runs the decision tree against GitHub (through the caches of [`GitHub`]).
+#[derive(Debug)]
 pub struct Resolver {
     github: Arc<GitHub>,
     allow_anonymous: bool,
@@ -64,7 +65,423 @@ impl Resolver {
         owner: Option<&str>,
         repo: Option<&str>,
     ) -> Resolution {
-        let _ = (integration, method, owner, repo, self.allow_anonymous);
-        unimplemented!("resolver helper")
+        let mut steps = Vec::new();
+        // 1. Apps, in config order.
+        let mut app_reasons: Vec<(u64, Reason, Option<String>)> = Vec::new();
+        for (app_index, app) in integration.apps.iter().enumerate() {
+            let Some(owner) = owner else {
+                steps.push(step(
+                    "app",
+                    Some(app.app_id),
+                    SKIPPED,
+                    Some(Reason::NoOwner),
+                    None,
+                ));
+                app_reasons.push((app.app_id, Reason::NoOwner, None));
+                continue;
+            };
+            match self.try_app(integration, app_index, app, owner, repo).await {
+                Ok((installation_id, token)) => {
+                    steps.push(step(
+                        "app",
+                        Some(app.app_id),
+                        USED,
+                        Some(Reason::Installed),
+                        Some(format!("installation {installation_id} on '{owner}'")),
+                    ));
+                    return self.finish(
+                        steps,
+                        CredentialKind::App,
+                        Reason::Installed,
+                        Some(app.app_id),
+                        Some(installation_id),
+                        Some(token),
+                    );
+                }
+                Err((reason, detail)) => {
+                    steps.push(step(
+                        "app",
+                        Some(app.app_id),
+                        SKIPPED,
+                        Some(reason),
+                        detail.clone(),
+                    ));
+                    app_reasons.push((app.app_id, reason, detail));
+                }
+            }
+        }
+
+        // 2. Public access (GET/HEAD only).
+        let public = integration
+            .apps
+            .iter()
+            .enumerate()
+            .find(|(_, app)| app.public_access);
+        match public {
+            None => {}
+            Some((_, app)) if !(method == http::Method::GET || method == http::Method::HEAD) => {
+                steps.push(step(
+                    "public_access",
+                    Some(app.app_id),
+                    NOT_APPLICABLE,
+                    None,
+                    Some(format!("only GET and HEAD, not {method}")),
+                ));
+            }
+            Some((app_index, app)) => match self.try_public(integration, app_index, app).await {
+                Ok((installation_id, token)) => {
+                    steps.push(step(
+                        "public_access",
+                        Some(app.app_id),
+                        USED,
+                        Some(Reason::PublicAccess),
+                        Some(format!("installation {installation_id}")),
+                    ));
+                    return self.finish(
+                        steps,
+                        CredentialKind::App,
+                        Reason::PublicAccess,
+                        Some(app.app_id),
+                        Some(installation_id),
+                        Some(token),
+                    );
+                }
+                Err((reason, detail)) => {
+                    steps.push(step(
+                        "public_access",
+                        Some(app.app_id),
+                        UNAVAILABLE,
+                        Some(reason),
+                        detail,
+                    ));
+                }
+            },
+        }
+
+        // Why no app served: the reason of steps 3 to 5.
+        let reason = if owner.is_none() {
+            Reason::NoOwner
+        } else {
+            most_specific(app_reasons.iter().map(|(_, r, _)| *r)).unwrap_or(Reason::NoApp)
+        };
+
+        // 3. PAT.
+        if let Some(pat) = self.github.pat(integration.index) {
+            steps.push(step("pat", None, USED, Some(reason), None));
+            return self.finish(steps, CredentialKind::Pat, reason, None, None, Some(pat));
+        }
+        steps.push(step(
+            "pat",
+            None,
+            UNAVAILABLE,
+            None,
+            Some(format!(
+                "integrations.github[{}].token is not set",
+                integration.index
+            )),
+        ));
+
+        // 4. Anonymous.
+        if self.allow_anonymous {
+            steps.push(step("anonymous", None, USED, Some(reason), None));
+            return self.finish(steps, CredentialKind::Anonymous, reason, None, None, None);
+        }
+        steps.push(step(
+            "anonymous",
+            None,
+            NOT_APPLICABLE,
+            None,
+            Some("proxy.allowAnonymous is false".to_string()),
+        ));
+
+        // 5. Refusal.
+        let message = refusal_message(integration, owner, repo, &app_reasons);
+        steps.push(step("refuse", None, USED, Some(Reason::NoCredential), None));
+        let mut resolution = self.finish(
+            steps,
+            CredentialKind::None,
+            Reason::NoCredential,
+            None,
+            None,
+            None,
+        );
+        resolution.message = Some(message);
+        resolution
+    }
+
+    fn finish(
+        &self,
+        steps: Vec<Step>,
+        credential: CredentialKind,
+        reason: Reason,
+        app_id: Option<u64>,
+        installation_id: Option<u64>,
+        token: Option<Arc<Token>>,
+    ) -> Resolution {
+        Resolution {
+            credential,
+            reason,
+            app_id,
+            installation_id,
+            token,
+            steps,
+            message: None,
+        }
+    }
+
+    /// One app of step 1: its token for `owner`/`repo`, or why it cannot serve.
+    async fn try_app(
+        &self,
+        integration: &Integration,
+        app_index: usize,
+        app: &AppConfig,
+        owner: &str,
+        repo: Option<&str>,
+    ) -> Result<(u64, Arc<Token>), (Reason, Option<String>)> {
+        if !app.allows_owner(owner) {
+            return Err((Reason::OwnerNotAllowed, None));
+        }
+        let ii = integration.index;
+        let installation = match self.github.installation(ii, app_index, owner).await {
+            Ok(Some(installation)) => installation,
+            Ok(None) => return Err((Reason::NotInstalled, None)),
+            Err(err) => return Err(app_error(app.app_id, &err)),
+        };
+        let detail = Some(format!(
+            "installation {} on '{}'",
+            installation.id, installation.account
+        ));
+        if installation.suspended {
+            return Err((Reason::Suspended, detail));
+        }
+        let token = match self
+            .github
+            .installation_token(ii, app_index, installation.id)
+            .await
+        {
+            Ok(token) => token,
+            // GitHub says 403 "This installation has been suspended" when the installation was
+            // suspended after we listed it.
+            Err(err) if err.status() == Some(403) && err.to_string().contains("suspended") => {
+                return Err((Reason::Suspended, detail));
+            }
+            Err(err) if matches!(err.status(), Some(404 | 410)) => {
+                // The installation is gone (forgotten by the mint); this owner is not installed.
+                return Err((Reason::NotInstalled, Some(err.to_string())));
+            }
+            Err(err) => return Err(app_error(app.app_id, &err)),
+        };
+        // An org-level request (no repo) on a `selected` installation is served: the token
+        // covers the org's endpoints whatever repositories were selected.
+        if let (true, Some(repo)) = (installation.selected, repo) {
+            match self
+                .github
+                .repo_selected(ii, app_index, installation.id, &token, repo)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Err((Reason::RepoNotSelected, detail)),
+                Err(err) => return Err(app_error(app.app_id, &err)),
+            }
+        }
+        Ok((installation.id, token))
+    }
+
+    /// Step 2: a token of the app's first installation its `allowedInstallationOwners` admits.
+    async fn try_public(
+        &self,
+        integration: &Integration,
+        app_index: usize,
+        app: &AppConfig,
+    ) -> Result<(u64, Arc<Token>), (Reason, Option<String>)> {
+        let ii = integration.index;
+        let installations = self
+            .github
+            .installations(ii, app_index)
+            .await
+            .map_err(|err| app_error(app.app_id, &err))?;
+        let Some(installation) = installations
+            .iter()
+            .find(|i| !i.suspended && app.allows_owner(&i.account))
+        else {
+            return Err((
+                Reason::NotInstalled,
+                Some("no installation on an allowed owner".to_string()),
+            ));
+        };
+        let token = self
+            .github
+            .installation_token(ii, app_index, installation.id)
+            .await
+            .map_err(|err| app_error(app.app_id, &err))?;
+        Ok((installation.id, token))
+    }
+}
+
+const USED: &str = "used";
+const SKIPPED: &str = "skipped";
+const UNAVAILABLE: &str = "unavailable";
+const NOT_APPLICABLE: &str = "not_applicable";
+
+fn step(
+    check: &'static str,
+    app_id: Option<u64>,
+    result: &'static str,
+    reason: Option<Reason>,
+    detail: Option<String>,
+) -> Step {
+    Step {
+        check,
+        app_id,
+        result,
+        reason,
+        detail,
+    }
+}
+
+fn app_error(app_id: u64, err: &TokenError) -> (Reason, Option<String>) {
+    // `GitHub` logs each failed call to GitHub at warn, once per call (single flight bounds
+    // them); logging again per request here would flood the log during an outage.
+    tracing::debug!(app_id, "GitHub App {app_id} cannot serve: {err}");
+    (Reason::AppError, Some(err.to_string()))
+}
+
+/// §7.1 step 3: the most specific reason any app gave.
+fn most_specific(reasons: impl Iterator<Item = Reason>) -> Option<Reason> {
+    const ORDER: [Reason; 5] = [
+        Reason::Suspended,
+        Reason::RepoNotSelected,
+        Reason::AppError,
+        Reason::NotInstalled,
+        Reason::OwnerNotAllowed,
+    ];
+    let reasons: Vec<Reason> = reasons.collect();
+    ORDER.into_iter().find(|r| reasons.contains(r))
+}
+
+/// The §7.1 step 5 message: the target, what each app said, the missing PAT, what to do.
+fn refusal_message(
+    integration: &Integration,
+    owner: Option<&str>,
+    repo: Option<&str>,
+    app_reasons: &[(u64, Reason, Option<String>)],
+) -> String {
+    let target = match (owner, repo) {
+        (Some(o), Some(r)) => format!("{o}/{r}"),
+        (Some(o), None) => o.to_string(),
+        (None, _) => "a request with no owner".to_string(),
+    };
+    let o = owner.unwrap_or("");
+    let r = repo.unwrap_or("");
+    let mut tried = Vec::new();
+    let mut todo: Vec<String> = Vec::new();
+    for (app_id, reason, detail) in app_reasons {
+        let (said, fix) = match reason {
+            Reason::NotInstalled => (
+                format!("GitHub App {app_id} is not installed on '{o}'"),
+                format!("install the App on '{o}'"),
+            ),
+            Reason::OwnerNotAllowed => (
+                format!(
+                    "GitHub App {app_id} does not allow owner '{o}' (allowedInstallationOwners)"
+                ),
+                format!("add '{o}' to the App's allowedInstallationOwners"),
+            ),
+            Reason::Suspended => (
+                format!("GitHub App {app_id}'s installation on '{o}' is suspended"),
+                format!("unsuspend the App's installation on '{o}'"),
+            ),
+            Reason::RepoNotSelected => (
+                format!(
+                    "GitHub App {app_id}'s installation on '{o}' does not include repository '{r}'"
+                ),
+                format!("add '{r}' to the App installation's repositories"),
+            ),
+            Reason::AppError => (
+                format!(
+                    "GitHub App {app_id} failed ({})",
+                    detail.as_deref().unwrap_or("GitHub error")
+                ),
+                "fix the App's configuration (see the proxy's warnings)".to_string(),
+            ),
+            _ => (
+                format!("GitHub App {app_id} needs an owner"),
+                "name the owner with the X-GitHub-Owner header or set proxy.defaultOwner"
+                    .to_string(),
+            ),
+        };
+        tried.push(said);
+        if !todo.contains(&fix) {
+            todo.push(fix);
+        }
+    }
+    if owner.is_none() && app_reasons.is_empty() {
+        todo.push(
+            "name the owner with the X-GitHub-Owner header or set proxy.defaultOwner".to_string(),
+        );
+    }
+    if app_reasons.is_empty() {
+        tried.push("no GitHub App is configured".to_string());
+    }
+    todo.push(if app_reasons.is_empty() && owner.is_some() {
+        "configure a GitHub App or a PAT".to_string()
+    } else {
+        "configure a PAT".to_string()
+    });
+    format!(
+        "no GitHub credential for {target} on {host}: {tried} and integrations.github[{i}].token is not set; {todo}",
+        host = integration.host,
+        tried = tried.join(", "),
+        i = integration.index,
+        todo = todo.join(" or "),
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn most_specific_reason_follows_the_spec_order() {
+        use Reason::*;
+        assert_eq!(
+            most_specific([OwnerNotAllowed, NotInstalled, AppError].into_iter()),
+            Some(AppError)
+        );
+        assert_eq!(
+            most_specific([RepoNotSelected, Suspended].into_iter()),
+            Some(Suspended)
+        );
+        assert_eq!(
+            most_specific([OwnerNotAllowed, NotInstalled].into_iter()),
+            Some(NotInstalled)
+        );
+        assert_eq!(most_specific(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn refusal_message_names_each_app_and_what_to_do() {
+        let config =
+            crate::config::Config::from_yaml("integrations:\n  github:\n    - host: github.com\n")
+                .unwrap();
+        let integration = &config.integrations[0];
+        let message = refusal_message(
+            integration,
+            Some("acme"),
+            Some("widgets"),
+            &[
+                (1, Reason::Suspended, None),
+                (2, Reason::RepoNotSelected, None),
+            ],
+        );
+        assert_eq!(
+            message,
+            "no GitHub credential for acme/widgets on github.com: GitHub App 1's installation on \
+             'acme' is suspended, GitHub App 2's installation on 'acme' does not include \
+             repository 'widgets' and integrations.github[0].token is not set; unsuspend the \
+             App's installation on 'acme' or add 'widgets' to the App installation's \
+             repositories or configure a PAT"
+        );
     }
 }
