@@ -41,7 +41,7 @@ const NONE: PathTarget = PathTarget::About {
 };
 
 /// Rejects what could make GitHub (or anything between) act on a different path than the one
-/// parsed: dot segments (also `%2e`-encoded), encoded `/` or `\`, any `\`, control characters
+/// parsed: dot segments (also `%2e`-encoded), empty segments (`//`), encoded `/` or `\`, any `\`, control characters
 /// (raw or encoded) and malformed `%` escapes (an ambiguous escape is decoded differently by
 /// different servers). Allocation-free: it runs on every request.
 pub fn check_path(path: &str) -> Result<(), InvalidPath> {
@@ -78,6 +78,11 @@ pub fn check_path(path: &str) -> Result<(), InvalidPath> {
         if b == b'/' {
             if !other && (dots == 1 || dots == 2) {
                 return Err(invalid("'.' or '..' segment in path"));
+            }
+            // `//` is an empty segment: servers that collapse it would act on a different path
+            // (`//repos/other/x` parses as ownerless here, but is `/repos/other/x` there).
+            if i > 0 && bytes.get(i - 1) == Some(&b'/') {
+                return Err(invalid("empty segment ('//') in path"));
             }
             dots = 0;
             other = false;
@@ -581,6 +586,18 @@ mod tests {
     }
 
     #[test]
+    fn refuses_empty_interior_segment() {
+        // Collapsed by some servers into `/repos/other/x`, which this parse never authorised.
+        assert!(refused(OriginKind::Api, "//repos/other/x").0.contains("//"));
+        assert!(api("/repos/o/r//pulls").is_err());
+        assert!(api("/meta//").is_err());
+        assert!(parse(OriginKind::Web, "/o//r", None).is_err());
+        // A trailing slash is one empty final segment, not a collapse.
+        assert!(api("/repos/o/r/").is_ok());
+        assert!(api("/").is_ok());
+    }
+
+    #[test]
     fn refuses_encoded_dot_dot() {
         assert!(api("/repos/o/r/%2e%2e/x").is_err());
         assert!(api("/repos/o/r/.%2e/x").is_err());
@@ -649,7 +666,7 @@ mod tests {
 
     #[test]
     fn refuses_empty_owner() {
-        assert!(refused(OriginKind::Api, "/repos//r").0.contains("owner"));
+        assert!(refused(OriginKind::Api, "/repos//r").0.contains("empty"));
         assert!(api("/orgs/").is_err());
         assert!(parse(OriginKind::Raw, "//r/main/x", None).is_err());
         assert!(parse(OriginKind::Web, "//r", None).is_err());
@@ -657,7 +674,7 @@ mod tests {
 
     #[test]
     fn refuses_empty_repo() {
-        assert!(refused(OriginKind::Api, "/repos/o//x").0.contains("repo"));
+        assert!(refused(OriginKind::Api, "/repos/o//x").0.contains("empty"));
         assert!(api("/repos/o/").is_err());
         assert!(api("/repos/o").is_err());
         assert!(parse(OriginKind::Raw, "/o//main", None).is_err());
