@@ -138,7 +138,9 @@ fn message(response: &Response<Bytes>) -> String {
 
 /// The token FakeGitHub last received, without its scheme.
 fn upstream_token(fake: &FakeGitHub) -> String {
-    let auth = fake.last_authorization().expect("an Authorization upstream");
+    let auth = fake
+        .last_authorization()
+        .expect("an Authorization upstream");
     let (_, token) = auth.split_once(' ').expect("scheme and token");
     token.to_string()
 }
@@ -357,28 +359,46 @@ async fn graphql_is_only_for_star_or_owner_star_patterns() {
     let (fake, proxy) = start().await;
     let query = r#"{"query":"query($owner:String!,$name:String!){repository(owner:$owner,name:$name){id}}","variables":{"owner":"acme","name":"widgets"}}"#;
     // A single-repo pattern never admits GraphQL, by body variables or by header.
-    let r = send(&proxy, Method::POST, "/graphql", &[bearer(ONEREPO_KEY)], query).await;
+    let r = send(
+        &proxy,
+        Method::POST,
+        "/graphql",
+        &[bearer(ONEREPO_KEY)],
+        query,
+    )
+    .await;
     assert_refusal(&r, StatusCode::FORBIDDEN, "client_policy");
     assert!(message(&r).contains("GraphQL"), "{}", message(&r));
     let r = send(
         &proxy,
         Method::POST,
         "/graphql",
-        &[
-            bearer(ONEREPO_KEY),
-            ("x-github-owner", "acme".to_string()),
-        ],
+        &[bearer(ONEREPO_KEY), ("x-github-owner", "acme".to_string())],
         r#"{"query":"{viewer{login}}"}"#,
     )
     .await;
     assert_refusal(&r, StatusCode::FORBIDDEN, "client_policy");
     // Neither does an owner-only pattern (`acme`, the `hashed` client).
-    let r = send(&proxy, Method::POST, "/graphql", &[bearer(HASHED_KEY)], query).await;
+    let r = send(
+        &proxy,
+        Method::POST,
+        "/graphql",
+        &[bearer(HASHED_KEY)],
+        query,
+    )
+    .await;
     assert_refusal(&r, StatusCode::FORBIDDEN, "client_policy");
     assert!(fake.calls("/graphql") == 0, "{:?}", fake.requests());
 
     // `acme/*` and `*` do.
-    let r = send(&proxy, Method::POST, "/graphql", &[bearer(CATALOG_KEY)], query).await;
+    let r = send(
+        &proxy,
+        Method::POST,
+        "/graphql",
+        &[bearer(CATALOG_KEY)],
+        query,
+    )
+    .await;
     assert_served_by_app(&fake, &r);
     let r = send(&proxy, Method::POST, "/graphql", &[bearer(OPS_KEY)], query).await;
     assert_served_by_app(&fake, &r);
@@ -387,10 +407,7 @@ async fn graphql_is_only_for_star_or_owner_star_patterns() {
         &proxy,
         Method::POST,
         "/graphql",
-        &[
-            bearer(CATALOG_KEY),
-            ("x-github-owner", "other".to_string()),
-        ],
+        &[bearer(CATALOG_KEY), ("x-github-owner", "other".to_string())],
         r#"{"query":"{viewer{login}}"}"#,
     )
     .await;
