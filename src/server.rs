@@ -245,6 +245,15 @@ pub async fn serve_main(config: Config) -> ExitCode {
         },
         None => None,
     };
+    if let Some(addr) = config.proxy.admin_listen
+        && !addr.ip().is_loopback()
+    {
+        // The admin endpoints have no authentication: /explain names which credential serves any
+        // owner (and may mint to find out), /metrics shows installation ids and rate limits.
+        tracing::warn!(
+            "proxy.admin.listen {addr} is not a loopback address: the unauthenticated health,              metrics and explain endpoints are reachable by anyone who can reach that port;              set proxy.admin.listen to 127.0.0.1:PORT (or null to disable it) unless a firewall              restricts it"
+        );
+    }
     let proxy_addr = listener.local_addr().map_or(listen, |a| a);
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(
