@@ -153,26 +153,52 @@ async fn explain(shared: &Shared, query: &str) -> Response<ResponseBody> {
     }
 }
 
-// Adapters for the resolver's `explain` and token statistics: they stand in until those land.
-
+/// The decision as `explain --json` prints it. With `client=`, a credential kind the client may
+/// not use is reported as the refusal the proxy would give (`client_policy`).
 async fn explain_json(
     shared: &Shared,
     url: &str,
     method: &Method,
     client: Option<&str>,
 ) -> Result<Vec<u8>, String> {
-    let _ = (shared, url, method, client);
-    Err("explain is not available in this build".into())
+    let mut explanation =
+        match crate::explain::explain(&shared.config, &shared.resolver, url, method).await {
+            Ok(e) => e,
+            Err(err) => crate::explain::Explanation::refused(format!("{method} {url}"), &err),
+        };
+    if let Some(client) =
+        client.and_then(|name| shared.config.proxy.clients.iter().find(|c| c.name == name))
+    {
+        explanation.apply_client_policy(client, method);
+    }
+    serde_json::to_vec(&explanation).map_err(|e| e.to_string())
 }
 
 fn render_token_stats(shared: &Shared, out: &mut String) {
-    let _ = shared;
+    use std::fmt::Write as _;
+    let stats = shared.resolver.github().token_stats();
     out.push_str(
         "# HELP gh_token_proxy_token_mints_total Installation tokens minted, per app and result.\n",
     );
     out.push_str("# TYPE gh_token_proxy_token_mints_total counter\n");
+    for ((app_id, result), count) in &stats.mints {
+        let _ = writeln!(
+            out,
+            "gh_token_proxy_token_mints_total{{app_id=\"{app_id}\",result=\"{result}\"}} {count}"
+        );
+    }
     out.push_str("# HELP gh_token_proxy_token_cache_lookups_total Token cache lookups: hit, miss, refresh.\n");
     out.push_str("# TYPE gh_token_proxy_token_cache_lookups_total counter\n");
+    for (result, count) in [
+        ("hit", stats.cache_hit),
+        ("miss", stats.cache_miss),
+        ("refresh", stats.cache_refresh),
+    ] {
+        let _ = writeln!(
+            out,
+            "gh_token_proxy_token_cache_lookups_total{{result=\"{result}\"}} {count}"
+        );
+    }
 }
 
 #[cfg(test)]

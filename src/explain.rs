@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{ClientConfig, Config};
 use crate::credential::{CredentialKind, Reason};
 use crate::github::GitHub;
 use crate::resolve::{Resolver, Step};
@@ -58,6 +58,43 @@ pub struct ExplainError {
 }
 
 impl Explanation {
+    /// What the proxy would do for this request coming from `client` (SPEC §6): a request outside
+    /// its `allow`/`methods`, or a credential kind it may not be served with, becomes the
+    /// `client_policy` refusal the proxy would give. Refusals decided earlier stay as they are.
+    pub fn apply_client_policy(&mut self, client: &ClientConfig, method: &http::Method) {
+        if self.integration.is_none() {
+            return;
+        }
+        let policy = crate::clients::check_policy(
+            client,
+            method,
+            self.owner.as_deref(),
+            self.repo.as_deref(),
+            self.origin.as_deref() == Some("graphql"),
+        );
+        let refusal = match policy {
+            Err(why) => Some(why),
+            Ok(())
+                if self.credential != CredentialKind::None
+                    && !crate::clients::allows_credential(client, self.credential) =>
+            {
+                Some(format!(
+                    "client '{}' may not be served with credential '{}'",
+                    client.name, self.credential
+                ))
+            }
+            Ok(()) => None,
+        };
+        if let Some(why) = refusal {
+            self.credential = CredentialKind::None;
+            self.reason = Reason::ClientPolicy;
+            self.app_id = None;
+            self.installation_id = None;
+            self.hashed_token = None;
+            self.message = Some(why);
+        }
+    }
+
     /// The explanation of a refused request: credential `none` with the refusal's reason.
     pub fn refused(request: String, err: &ExplainError) -> Self {
         Explanation {
@@ -278,9 +315,18 @@ pub async fn explain_main(
     client: Option<String>,
     json: bool,
 ) -> ExitCode {
-    // client policy: wired by the server change (the client's allow/methods/credentials rules
-    // live in `clients`; the lead connects them here).
-    let _ = client;
+    let client = match client {
+        None => None,
+        Some(name) => match config.proxy.clients.iter().position(|c| c.name == name) {
+            Some(index) => Some(index),
+            None => {
+                eprintln!(
+                    "gh-token-proxy: --client {name}: no client of that name in proxy.clients"
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
     let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
         eprintln!("gh-token-proxy: --method {method:?} is not an HTTP method");
         return ExitCode::from(2);
@@ -295,10 +341,13 @@ pub async fn explain_main(
     };
     let github = Arc::new(GitHub::new(config.clone(), upstream));
     let resolver = Resolver::new(github, config.proxy.allow_anonymous);
-    let explanation = match explain(&config, &resolver, url, &method).await {
+    let mut explanation = match explain(&config, &resolver, url, &method).await {
         Ok(e) => e,
         Err(err) => Explanation::refused(format!("{method} {url}"), &err),
     };
+    if let Some(client) = client.and_then(|i| config.proxy.clients.get(i)) {
+        explanation.apply_client_policy(client, &method);
+    }
     if json {
         match serde_json::to_string_pretty(&explanation) {
             Ok(text) => println!("{text}"),

@@ -218,14 +218,6 @@ pub async fn run(
 pub async fn serve_main(config: Config) -> ExitCode {
     let config = Arc::new(config);
     let listen = config.proxy.listen;
-    let server = match Server::new(config.clone()) {
-        Ok(server) => server,
-        Err(err) => {
-            tracing::error!("cannot start: {err}");
-            eprintln!("gh-token-proxy: cannot start: {err}");
-            return ExitCode::from(1);
-        }
-    };
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(err) => {
@@ -251,9 +243,25 @@ pub async fn serve_main(config: Config) -> ExitCode {
         // The admin endpoints have no authentication: /explain names which credential serves any
         // owner (and may mint to find out), /metrics shows installation ids and rate limits.
         tracing::warn!(
-            "proxy.admin.listen {addr} is not a loopback address: the unauthenticated health,              metrics and explain endpoints are reachable by anyone who can reach that port;              set proxy.admin.listen to 127.0.0.1:PORT (or null to disable it) unless a firewall              restricts it"
+            "proxy.admin.listen {addr} is not a loopback address: the unauthenticated health, \
+             metrics and explain endpoints are reachable by anyone who can reach that port; \
+             set proxy.admin.listen to 127.0.0.1:PORT (or null to disable it) unless a firewall \
+             restricts it"
         );
     }
+    let server = match Server::new(config.clone()) {
+        Ok(server) => server,
+        Err(err) => {
+            tracing::error!("cannot start: {err}");
+            eprintln!("gh-token-proxy: cannot start: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    // Handlers are installed before announcing readiness, so an early SIGTERM still drains and an
+    // early SIGHUP (logrotate right at startup) reopens the log instead of killing the process.
+    let stop = stop_signal();
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let proxy_addr = listener.local_addr().map_or(listen, |a| a);
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(
@@ -267,8 +275,7 @@ pub async fn serve_main(config: Config) -> ExitCode {
     let hup = tokio::spawn(async move {
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{SignalKind, signal};
-            if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            if let Some(mut hup) = hangup {
                 while hup.recv().await.is_some() {
                     tracing::info!("SIGHUP: reopening the audit log");
                     audit.reopen().await;
@@ -278,7 +285,7 @@ pub async fn serve_main(config: Config) -> ExitCode {
         #[cfg(not(unix))]
         drop(audit);
     });
-    let result = server.serve(listener, admin, stop_signal()).await;
+    let result = server.serve(listener, admin, stop).await;
     hup.abort();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -289,26 +296,29 @@ pub async fn serve_main(config: Config) -> ExitCode {
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn stop_signal() {
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not when first polled.
+fn stop_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let handlers = {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
+        signal(SignalKind::terminate())
+            .and_then(|term| signal(SignalKind::interrupt()).map(|int| (term, int)))
+            .ok()
+    };
     #[cfg(not(unix))]
-    {
+    let handlers: Option<((), ())> = None;
+    async move {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = handlers {
+            tokio::select! {
+                _ = int.recv() => tracing::info!("SIGINT received"),
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+            }
+            return;
+        }
+        let _ = handlers;
         let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("SIGINT received");
     }
 }
 
@@ -825,9 +835,6 @@ fn check_policy(
 
 use crate::clients::allows_credential;
 
-// Adapter for the resolver's eviction, written against the agreed signature; it stands in until
-// the resolver lands on main.
-
 /// Evicts an App token GitHub rejected; returns how old it was.
 pub(crate) fn evict_token(
     shared: &Shared,
@@ -835,6 +842,8 @@ pub(crate) fn evict_token(
     app_id: u64,
     installation_id: u64,
 ) -> Option<Duration> {
-    let _ = (shared, integration_index, app_id, installation_id);
-    None
+    shared
+        .resolver
+        .github()
+        .evict_token(integration_index, app_id, installation_id)
 }

@@ -118,6 +118,13 @@ async fn keep_alive_connection_serves_many_requests() {
         assert_eq!(r.status(), StatusCode::OK);
         r.into_body().collect().await.unwrap();
     }
+    // Upstream connections are pooled: sequential requests reuse one.
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     let records = proxy.stop().await;
     assert_eq!(records.len(), 20);
     let mut ids: Vec<_> = records.iter().map(|r| r["request_id"].clone()).collect();

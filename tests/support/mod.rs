@@ -4,6 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fake_github;
+pub mod git_backend;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
