@@ -477,6 +477,15 @@ async fn phases(
             }
         }
     };
+    // The owner the request is about, for client policy: what GitHub will act on. For GraphQL the
+    // header names it (§5); for any other ownerless request, `X-GitHub-Owner` and `defaultOwner`
+    // only choose the credential: `/search/code?q=x` with a hint still searches everything the
+    // credential can see, so it stays "no owner" (only `*` allows it, §6).
+    let about_owner = match &owner {
+        Some(o) => Some(o.clone()),
+        None if graphql => owner_hint.clone(),
+        None => None,
+    };
     if owner.is_none() {
         owner = owner_hint.or_else(|| config.proxy.default_owner.clone());
         repo = None;
@@ -489,7 +498,7 @@ async fn phases(
         check_policy(
             client,
             &parts.method,
-            owner.as_deref(),
+            about_owner.as_deref(),
             repo.as_deref(),
             graphql,
         )?;
