@@ -216,9 +216,10 @@ fn repo_segment(seg: Option<&str>) -> Result<&str, InvalidPath> {
     }
 }
 
-/// `/search/...?q=`: the first `repo:o/r`, `org:o` or `user:o` qualifier of `q` (decoded, `+` as
-/// space). A malformed first qualifier is refused rather than skipped, so a later one cannot
-/// stand in for it.
+/// `/search/...?q=`: the scope its `repo:o/r`, `org:o` and `user:o` qualifiers (decoded, `+` as
+/// space) name together. GitHub searches the union of them, so one qualifier cannot stand for
+/// the rest: all on one repo → that owner and repo; all on one owner → that owner; owners that
+/// differ → no owner (only `*` clients, §6). A malformed qualifier is refused rather than skipped.
 fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
     // Query parsers disagree on duplicates (first wins here, last wins in Rails), on `;` as a
     // separator and on encoded keys (`%71=`): anything that could let GitHub see a different
@@ -248,34 +249,45 @@ fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
         Cow::Borrowed(raw_q)
     };
     let q = percent_encoding::percent_decode_str(&plus_as_space).decode_utf8_lossy();
+    let mut scope: Option<(String, Option<String>)> = None;
     for token in q.split_whitespace() {
         let Some((name, value)) = token.split_once(':') else {
             continue;
         };
         let value = value.trim_matches('"');
-        if name.eq_ignore_ascii_case("repo") {
+        let (o, r) = if name.eq_ignore_ascii_case("repo") {
             let (o, r) = value
                 .split_once('/')
                 .ok_or_else(|| invalid("search qualifier repo: is not owner/repo"))?;
             if !is_valid_owner(o) || !is_valid_repo(r) {
                 return Err(invalid("search qualifier repo: is not a valid owner/repo"));
             }
-            return Ok(PathTarget::About {
-                owner: Some(o.to_owned()),
-                repo: Some(r.to_owned()),
-            });
-        }
-        if name.eq_ignore_ascii_case("org") || name.eq_ignore_ascii_case("user") {
+            (o, Some(r))
+        } else if name.eq_ignore_ascii_case("org") || name.eq_ignore_ascii_case("user") {
             if !is_valid_owner(value) {
                 return Err(invalid("search qualifier org:/user: is not a GitHub login"));
             }
-            return Ok(PathTarget::About {
-                owner: Some(value.to_owned()),
-                repo: None,
-            });
-        }
+            (value, None)
+        } else {
+            continue;
+        };
+        scope = match scope {
+            None => Some((o.to_owned(), r.map(str::to_owned))),
+            Some((so, sr)) if so.eq_ignore_ascii_case(o) => {
+                let same_repo = matches!((&sr, r), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
+                Some((so, if same_repo { sr } else { None }))
+            }
+            // Different owners: about no single owner.
+            Some(_) => return Ok(NONE),
+        };
     }
-    Ok(NONE)
+    Ok(match scope {
+        Some((owner, repo)) => PathTarget::About {
+            owner: Some(owner),
+            repo,
+        },
+        None => NONE,
+    })
 }
 
 /// Owner (and repo) of a GraphQL request from its JSON body: `variables.owner` (with
@@ -446,7 +458,7 @@ mod tests {
     #[test]
     fn api_search_repo_qualifier() {
         assert_eq!(
-            search("q=is:open+repo:acme/widgets+org:other"),
+            search("q=is:open+repo:acme/widgets+-label:x"),
             Ok(about(Some("acme"), Some("widgets")))
         );
         assert_eq!(
@@ -458,11 +470,36 @@ mod tests {
     #[test]
     fn api_search_org_and_user_qualifiers() {
         assert_eq!(search("q=org:acme+bug"), Ok(about(Some("acme"), None)));
-        assert_eq!(
-            search("q=user:octocat+repo:acme/w"),
-            Ok(about(Some("octocat"), None))
-        );
         assert_eq!(search("q=ORG:acme"), Ok(about(Some("acme"), None)));
+    }
+
+    #[test]
+    fn api_search_is_about_every_qualifier_not_just_the_first() {
+        // GitHub searches the union: a second qualifier widens what the first one authorised.
+        assert_eq!(
+            search("q=repo:acme/widgets+repo:ACME/Widgets"),
+            Ok(about(Some("acme"), Some("widgets")))
+        );
+        assert_eq!(
+            search("q=repo:acme/widgets+repo:acme/secret"),
+            Ok(about(Some("acme"), None))
+        );
+        assert_eq!(
+            search("q=repo:acme/widgets+org:acme"),
+            Ok(about(Some("acme"), None))
+        );
+        assert_eq!(
+            search("q=org:acme+repo:acme/widgets"),
+            Ok(about(Some("acme"), None))
+        );
+        assert_eq!(search("q=user:octocat+repo:acme/w"), Ok(about(None, None)));
+        assert_eq!(
+            search("q=is:open+repo:acme/widgets+org:other"),
+            Ok(about(None, None))
+        );
+        assert_eq!(search("q=org:acme+org:other"), Ok(about(None, None)));
+        // A malformed later qualifier is refused too.
+        assert!(search("q=repo:acme/widgets+repo:nope").is_err());
     }
 
     #[test]
