@@ -566,3 +566,88 @@ async fn client_keys_never_appear_in_responses_audit_or_logs() {
         assert!(!audit.contains(&basic) && !logs.contains(&basic));
     }
 }
+
+/// An owner named only by `X-GitHub-Owner` (or `defaultOwner`) picks the credential of an
+/// ownerless request, but does not make it a request about that owner: GitHub acts on the path
+/// (`/search/code?q=password` searches everything the credential can see), so §6's "no owner
+/// matches only `*`" still applies.
+#[tokio::test]
+async fn owner_hint_does_not_make_an_ownerless_request_owned() {
+    captured_logs();
+    let fake = fake_github().await;
+    let proxy = proxy(&fake, &format!("  defaultOwner: acme\n{}", clients_yaml())).await;
+    for target in ["/rate_limit", "/search/code?q=password", "/user/repos"] {
+        for hint in [Some("acme"), None] {
+            let mut headers = vec![bearer(CATALOG_KEY)];
+            if let Some(owner) = hint {
+                headers.push(("x-github-owner", owner.to_string()));
+            }
+            let r = send(&proxy, Method::GET, target, &headers, "").await;
+            assert_refusal(&r, StatusCode::FORBIDDEN, "client_policy");
+            assert!(message(&r).contains("no owner"), "{}", message(&r));
+        }
+    }
+    // GraphQL names its owner by the header (§5): that is the request's owner.
+    let r = send(
+        &proxy,
+        Method::POST,
+        "/graphql",
+        &[bearer(CATALOG_KEY), ("x-github-owner", "acme".to_string())],
+        r#"{"query":"{viewer{login}}"}"#,
+    )
+    .await;
+    assert_served_by_app(&fake, &r);
+    // GraphQL with no owner anywhere falls back to defaultOwner for the credential only.
+    let r = send(
+        &proxy,
+        Method::POST,
+        "/graphql",
+        &[bearer(CATALOG_KEY)],
+        r#"{"query":"{viewer{login}}"}"#,
+    )
+    .await;
+    assert_refusal(&r, StatusCode::FORBIDDEN, "client_policy");
+    // `*` clients still get the hinted owner's credential.
+    let r = send(
+        &proxy,
+        Method::GET,
+        "/meta",
+        &[bearer(OPS_KEY), ("x-github-owner", "acme".to_string())],
+        "",
+    )
+    .await;
+    assert_served_by_app(&fake, &r);
+}
+
+/// A search whose qualifiers name more than the first one's scope is about all of them: a client
+/// allowed one repo (or owner) cannot widen it with a second `repo:`/`org:` qualifier.
+#[tokio::test]
+async fn search_qualifiers_beyond_the_first_do_not_widen_a_client() {
+    let (fake, proxy) = start().await;
+    let r = get_as(
+        &proxy,
+        ONEREPO_KEY,
+        "/search/issues?q=repo:acme/widgets+bug",
+    )
+    .await;
+    assert_served_by_app(&fake, &r);
+    for q in [
+        "repo:acme/widgets+repo:acme/secret",
+        "repo:acme/widgets+org:other",
+        "repo:acme/widgets+user:acme",
+        "repo:acme/widgets+repo:other/x",
+    ] {
+        let r = get_as(&proxy, ONEREPO_KEY, &format!("/search/issues?q={q}")).await;
+        assert_refusal(&r, StatusCode::FORBIDDEN, "client_policy");
+    }
+    // `acme/*` may search across acme, not beyond.
+    let r = get_as(
+        &proxy,
+        CATALOG_KEY,
+        "/search/issues?q=repo:acme/widgets+repo:acme/secret",
+    )
+    .await;
+    assert_served_by_app(&fake, &r);
+    let r = get_as(&proxy, CATALOG_KEY, "/search/issues?q=org:acme+org:other").await;
+    assert_refusal(&r, StatusCode::FORBIDDEN, "client_policy");
+}
