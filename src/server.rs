@@ -237,6 +237,18 @@ pub async fn serve_main(config: Config) -> ExitCode {
         },
         None => None,
     };
+    if let Some(addr) = config.proxy.admin_listen
+        && !addr.ip().is_loopback()
+    {
+        // The admin endpoints have no authentication: /explain names which credential serves any
+        // owner (and may mint to find out), /metrics shows installation ids and rate limits.
+        tracing::warn!(
+            "proxy.admin.listen {addr} is not a loopback address: the unauthenticated health, \
+             metrics and explain endpoints are reachable by anyone who can reach that port; \
+             set proxy.admin.listen to 127.0.0.1:PORT (or null to disable it) unless a firewall \
+             restricts it"
+        );
+    }
     let server = match Server::new(config.clone()) {
         Ok(server) => server,
         Err(err) => {
@@ -515,6 +527,15 @@ async fn phases(
             }
         }
     };
+    // The owner the request is about, for client policy: what GitHub will act on. For GraphQL the
+    // header names it (§5); for any other ownerless request, `X-GitHub-Owner` and `defaultOwner`
+    // only choose the credential: `/search/code?q=x` with a hint still searches everything the
+    // credential can see, so it stays "no owner" (only `*` allows it, §6).
+    let about_owner = match &owner {
+        Some(o) => Some(o.clone()),
+        None if graphql => owner_hint.clone(),
+        None => None,
+    };
     if owner.is_none() {
         owner = owner_hint.or_else(|| config.proxy.default_owner.clone());
         repo = None;
@@ -527,7 +548,7 @@ async fn phases(
         check_policy(
             client,
             &parts.method,
-            owner.as_deref(),
+            about_owner.as_deref(),
             repo.as_deref(),
             graphql,
         )?;

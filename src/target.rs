@@ -41,7 +41,7 @@ const NONE: PathTarget = PathTarget::About {
 };
 
 /// Rejects what could make GitHub (or anything between) act on a different path than the one
-/// parsed: dot segments (also `%2e`-encoded), encoded `/` or `\`, any `\`, control characters
+/// parsed: dot segments (also `%2e`-encoded), empty segments (`//`), encoded `/` or `\`, any `\`, control characters
 /// (raw or encoded) and malformed `%` escapes (an ambiguous escape is decoded differently by
 /// different servers). Allocation-free: it runs on every request.
 pub fn check_path(path: &str) -> Result<(), InvalidPath> {
@@ -78,6 +78,11 @@ pub fn check_path(path: &str) -> Result<(), InvalidPath> {
         if b == b'/' {
             if !other && (dots == 1 || dots == 2) {
                 return Err(invalid("'.' or '..' segment in path"));
+            }
+            // `//` is an empty segment: servers that collapse it would act on a different path
+            // (`//repos/other/x` parses as ownerless here, but is `/repos/other/x` there).
+            if i > 0 && bytes.get(i - 1) == Some(&b'/') {
+                return Err(invalid("empty segment ('//') in path"));
             }
             dots = 0;
             other = false;
@@ -211,9 +216,10 @@ fn repo_segment(seg: Option<&str>) -> Result<&str, InvalidPath> {
     }
 }
 
-/// `/search/...?q=`: the first `repo:o/r`, `org:o` or `user:o` qualifier of `q` (decoded, `+` as
-/// space). A malformed first qualifier is refused rather than skipped, so a later one cannot
-/// stand in for it.
+/// `/search/...?q=`: the scope its `repo:o/r`, `org:o` and `user:o` qualifiers (decoded, `+` as
+/// space) name together. GitHub searches the union of them, so one qualifier cannot stand for
+/// the rest: all on one repo → that owner and repo; all on one owner → that owner; owners that
+/// differ → no owner (only `*` clients, §6). A malformed qualifier is refused rather than skipped.
 fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
     // Query parsers disagree on duplicates (first wins here, last wins in Rails), on `;` as a
     // separator and on encoded keys (`%71=`): anything that could let GitHub see a different
@@ -243,34 +249,45 @@ fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
         Cow::Borrowed(raw_q)
     };
     let q = percent_encoding::percent_decode_str(&plus_as_space).decode_utf8_lossy();
+    let mut scope: Option<(String, Option<String>)> = None;
     for token in q.split_whitespace() {
         let Some((name, value)) = token.split_once(':') else {
             continue;
         };
         let value = value.trim_matches('"');
-        if name.eq_ignore_ascii_case("repo") {
+        let (o, r) = if name.eq_ignore_ascii_case("repo") {
             let (o, r) = value
                 .split_once('/')
                 .ok_or_else(|| invalid("search qualifier repo: is not owner/repo"))?;
             if !is_valid_owner(o) || !is_valid_repo(r) {
                 return Err(invalid("search qualifier repo: is not a valid owner/repo"));
             }
-            return Ok(PathTarget::About {
-                owner: Some(o.to_owned()),
-                repo: Some(r.to_owned()),
-            });
-        }
-        if name.eq_ignore_ascii_case("org") || name.eq_ignore_ascii_case("user") {
+            (o, Some(r))
+        } else if name.eq_ignore_ascii_case("org") || name.eq_ignore_ascii_case("user") {
             if !is_valid_owner(value) {
                 return Err(invalid("search qualifier org:/user: is not a GitHub login"));
             }
-            return Ok(PathTarget::About {
-                owner: Some(value.to_owned()),
-                repo: None,
-            });
-        }
+            (value, None)
+        } else {
+            continue;
+        };
+        scope = match scope {
+            None => Some((o.to_owned(), r.map(str::to_owned))),
+            Some((so, sr)) if so.eq_ignore_ascii_case(o) => {
+                let same_repo = matches!((&sr, r), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
+                Some((so, if same_repo { sr } else { None }))
+            }
+            // Different owners: about no single owner.
+            Some(_) => return Ok(NONE),
+        };
     }
-    Ok(NONE)
+    Ok(match scope {
+        Some((owner, repo)) => PathTarget::About {
+            owner: Some(owner),
+            repo,
+        },
+        None => NONE,
+    })
 }
 
 /// Owner (and repo) of a GraphQL request from its JSON body: `variables.owner` (with
@@ -444,7 +461,7 @@ mod tests {
     #[test]
     fn api_search_repo_qualifier() {
         assert_eq!(
-            search("q=is:open+repo:acme/widgets+org:other"),
+            search("q=is:open+repo:acme/widgets+-label:x"),
             Ok(about(Some("acme"), Some("widgets")))
         );
         assert_eq!(
@@ -456,11 +473,36 @@ mod tests {
     #[test]
     fn api_search_org_and_user_qualifiers() {
         assert_eq!(search("q=org:acme+bug"), Ok(about(Some("acme"), None)));
-        assert_eq!(
-            search("q=user:octocat+repo:acme/w"),
-            Ok(about(Some("octocat"), None))
-        );
         assert_eq!(search("q=ORG:acme"), Ok(about(Some("acme"), None)));
+    }
+
+    #[test]
+    fn api_search_is_about_every_qualifier_not_just_the_first() {
+        // GitHub searches the union: a second qualifier widens what the first one authorised.
+        assert_eq!(
+            search("q=repo:acme/widgets+repo:ACME/Widgets"),
+            Ok(about(Some("acme"), Some("widgets")))
+        );
+        assert_eq!(
+            search("q=repo:acme/widgets+repo:acme/secret"),
+            Ok(about(Some("acme"), None))
+        );
+        assert_eq!(
+            search("q=repo:acme/widgets+org:acme"),
+            Ok(about(Some("acme"), None))
+        );
+        assert_eq!(
+            search("q=org:acme+repo:acme/widgets"),
+            Ok(about(Some("acme"), None))
+        );
+        assert_eq!(search("q=user:octocat+repo:acme/w"), Ok(about(None, None)));
+        assert_eq!(
+            search("q=is:open+repo:acme/widgets+org:other"),
+            Ok(about(None, None))
+        );
+        assert_eq!(search("q=org:acme+org:other"), Ok(about(None, None)));
+        // A malformed later qualifier is refused too.
+        assert!(search("q=repo:acme/widgets+repo:nope").is_err());
     }
 
     #[test]
@@ -584,6 +626,18 @@ mod tests {
     }
 
     #[test]
+    fn refuses_empty_interior_segment() {
+        // Collapsed by some servers into `/repos/other/x`, which this parse never authorised.
+        assert!(refused(OriginKind::Api, "//repos/other/x").0.contains("//"));
+        assert!(api("/repos/o/r//pulls").is_err());
+        assert!(api("/meta//").is_err());
+        assert!(parse(OriginKind::Web, "/o//r", None).is_err());
+        // A trailing slash is one empty final segment, not a collapse.
+        assert!(api("/repos/o/r/").is_ok());
+        assert!(api("/").is_ok());
+    }
+
+    #[test]
     fn refuses_encoded_dot_dot() {
         assert!(api("/repos/o/r/%2e%2e/x").is_err());
         assert!(api("/repos/o/r/.%2e/x").is_err());
@@ -652,7 +706,7 @@ mod tests {
 
     #[test]
     fn refuses_empty_owner() {
-        assert!(refused(OriginKind::Api, "/repos//r").0.contains("owner"));
+        assert!(refused(OriginKind::Api, "/repos//r").0.contains("empty"));
         assert!(api("/orgs/").is_err());
         assert!(parse(OriginKind::Raw, "//r/main/x", None).is_err());
         assert!(parse(OriginKind::Web, "//r", None).is_err());
@@ -660,7 +714,7 @@ mod tests {
 
     #[test]
     fn refuses_empty_repo() {
-        assert!(refused(OriginKind::Api, "/repos/o//x").0.contains("repo"));
+        assert!(refused(OriginKind::Api, "/repos/o//x").0.contains("empty"));
         assert!(api("/repos/o/").is_err());
         assert!(api("/repos/o").is_err());
         assert!(parse(OriginKind::Raw, "/o//main", None).is_err());
