@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use ulid::Ulid;
 
 use crate::audit::{AuditLog, AuditPermit, AuditRecord, AuditSender, Outcome};
-use crate::config::{ClientConfig, Config};
+use crate::config::{ClientConfig, Config, OriginKind};
 use crate::credential::{CredentialKind, Reason};
 use crate::error::{Fault, ProxyError};
 use crate::forward::{Forwarder, RequestBody, ResponseBody, UpstreamMeta};
@@ -552,6 +552,21 @@ async fn phases(
             repo.as_deref(),
             graphql,
         )?;
+        // The credential follows a search's first qualifier (§5), but GitHub searches every one:
+        // a client allowed `acme/widgets` must not add `repo:acme/secret` or `org:other`.
+        if route.origin == OriginKind::Api && route.target_path.starts_with("/search/") {
+            let scopes = crate::target::search_scopes(route.query.as_deref())
+                .map_err(|e| ProxyError::InvalidPath(e.0))?;
+            for (scope_owner, scope_repo) in scopes.iter().skip(1) {
+                check_policy(
+                    client,
+                    &parts.method,
+                    Some(scope_owner),
+                    scope_repo.as_deref(),
+                    false,
+                )?;
+            }
+        }
     }
 
     // Resolve.

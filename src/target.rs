@@ -216,11 +216,22 @@ fn repo_segment(seg: Option<&str>) -> Result<&str, InvalidPath> {
     }
 }
 
-/// `/search/...?q=`: the scope its `repo:o/r`, `org:o` and `user:o` qualifiers (decoded, `+` as
-/// space) name together. GitHub searches the union of them, so one qualifier cannot stand for
-/// the rest: all on one repo → that owner and repo; all on one owner → that owner; owners that
-/// differ → no owner (only `*` clients, §6). A malformed qualifier is refused rather than skipped.
+/// `/search/...?q=`: the owner (and repo) of the FIRST `repo:o/r`, `org:o` or `user:o` qualifier
+/// (decoded, `+` as space), as SPEC §5 says. GitHub searches the union of all of them, so the
+/// client policy checks every one ([`search_scopes`]); the credential follows the first.
 fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
+    Ok(match search_scopes(query)?.into_iter().next() {
+        Some((owner, repo)) => PathTarget::About {
+            owner: Some(owner),
+            repo,
+        },
+        None => NONE,
+    })
+}
+
+/// Every `repo:o/r`, `org:o` and `user:o` qualifier of a search's `q`, in order. A malformed
+/// qualifier is refused rather than skipped: GitHub would still search it.
+pub fn search_scopes(query: Option<&str>) -> Result<Vec<(String, Option<String>)>, InvalidPath> {
     // Query parsers disagree on duplicates (first wins here, last wins in Rails), on `;` as a
     // separator and on encoded keys (`%71=`): anything that could let GitHub see a different
     // `q` than the one authorised is refused.
@@ -240,8 +251,9 @@ fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
             found = Some(value);
         }
     }
+    let mut scopes = Vec::new();
     let Some(raw_q) = found else {
-        return Ok(NONE);
+        return Ok(scopes);
     };
     let plus_as_space = if raw_q.contains('+') {
         Cow::Owned(raw_q.replace('+', " "))
@@ -249,45 +261,27 @@ fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
         Cow::Borrowed(raw_q)
     };
     let q = percent_encoding::percent_decode_str(&plus_as_space).decode_utf8_lossy();
-    let mut scope: Option<(String, Option<String>)> = None;
     for token in q.split_whitespace() {
         let Some((name, value)) = token.split_once(':') else {
             continue;
         };
         let value = value.trim_matches('"');
-        let (o, r) = if name.eq_ignore_ascii_case("repo") {
+        if name.eq_ignore_ascii_case("repo") {
             let (o, r) = value
                 .split_once('/')
                 .ok_or_else(|| invalid("search qualifier repo: is not owner/repo"))?;
             if !is_valid_owner(o) || !is_valid_repo(r) {
                 return Err(invalid("search qualifier repo: is not a valid owner/repo"));
             }
-            (o, Some(r))
+            scopes.push((o.to_owned(), Some(r.to_owned())));
         } else if name.eq_ignore_ascii_case("org") || name.eq_ignore_ascii_case("user") {
             if !is_valid_owner(value) {
                 return Err(invalid("search qualifier org:/user: is not a GitHub login"));
             }
-            (value, None)
-        } else {
-            continue;
-        };
-        scope = match scope {
-            None => Some((o.to_owned(), r.map(str::to_owned))),
-            Some((so, sr)) if so.eq_ignore_ascii_case(o) => {
-                let same_repo = matches!((&sr, r), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
-                Some((so, if same_repo { sr } else { None }))
-            }
-            // Different owners: about no single owner.
-            Some(_) => return Ok(NONE),
-        };
+            scopes.push((value.to_owned(), None));
+        }
     }
-    Ok(match scope {
-        Some((owner, repo)) => PathTarget::About {
-            owner: Some(owner),
-            repo,
-        },
-        None => NONE,
-    })
+    Ok(scopes)
 }
 
 /// Owner (and repo) of a GraphQL request from its JSON body: `variables.owner` (with
@@ -477,32 +471,36 @@ mod tests {
     }
 
     #[test]
-    fn api_search_is_about_every_qualifier_not_just_the_first() {
-        // GitHub searches the union: a second qualifier widens what the first one authorised.
-        assert_eq!(
-            search("q=repo:acme/widgets+repo:ACME/Widgets"),
-            Ok(about(Some("acme"), Some("widgets")))
-        );
+    fn api_search_target_is_the_first_qualifier() {
+        // SPEC §5: the first repo:/org:/user: qualifier decides the credential.
         assert_eq!(
             search("q=repo:acme/widgets+repo:acme/secret"),
-            Ok(about(Some("acme"), None))
-        );
-        assert_eq!(
-            search("q=repo:acme/widgets+org:acme"),
-            Ok(about(Some("acme"), None))
+            Ok(about(Some("acme"), Some("widgets")))
         );
         assert_eq!(
             search("q=org:acme+repo:acme/widgets"),
             Ok(about(Some("acme"), None))
         );
-        assert_eq!(search("q=user:octocat+repo:acme/w"), Ok(about(None, None)));
         assert_eq!(
-            search("q=is:open+repo:acme/widgets+org:other"),
-            Ok(about(None, None))
+            search("q=is:open+user:octocat+repo:acme/w"),
+            Ok(about(Some("octocat"), None))
         );
-        assert_eq!(search("q=org:acme+org:other"), Ok(about(None, None)));
-        // A malformed later qualifier is refused too.
+        // A malformed later qualifier is refused too: GitHub would still search it.
         assert!(search("q=repo:acme/widgets+repo:nope").is_err());
+    }
+
+    #[test]
+    fn api_search_scopes_lists_every_qualifier_for_the_client_policy() {
+        assert_eq!(
+            search_scopes(Some("q=repo:acme/widgets+is:open+org:other+user:octocat")),
+            Ok(vec![
+                ("acme".to_owned(), Some("widgets".to_owned())),
+                ("other".to_owned(), None),
+                ("octocat".to_owned(), None),
+            ])
+        );
+        assert_eq!(search_scopes(Some("q=bug")), Ok(vec![]));
+        assert_eq!(search_scopes(None), Ok(vec![]));
     }
 
     #[test]
