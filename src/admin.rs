@@ -161,11 +161,18 @@ async fn explain_json(
     method: &Method,
     client: Option<&str>,
 ) -> Result<Vec<u8>, String> {
-    let mut explanation =
-        match crate::explain::explain(&shared.config, &shared.resolver, url, method).await {
-            Ok(e) => e,
-            Err(err) => crate::explain::Explanation::refused(format!("{method} {url}"), &err),
-        };
+    let mut explanation = match crate::explain::explain_with_repo_ids(
+        &shared.config,
+        &shared.resolver,
+        Some(&shared.repo_ids),
+        url,
+        method,
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(err) => crate::explain::Explanation::refused(format!("{method} {url}"), &err),
+    };
     if let Some(client) =
         client.and_then(|name| shared.config.proxy.clients.iter().find(|c| c.name == name))
     {

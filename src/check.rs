@@ -16,6 +16,7 @@ use crate::config::{AppConfig, AuditSink, Config, Integration};
 use crate::credential::Token;
 use crate::github::GitHub;
 use crate::github::app::AppJwt;
+use crate::github::{error_chain, github_message};
 use crate::upstream::{self, UpstreamClient, UpstreamSetupError};
 
 const USER_AGENT: &str = concat!("gh-token-proxy/", env!("CARGO_PKG_VERSION"), " (check)");
@@ -680,30 +681,6 @@ fn parse_expiration(value: &str) -> Option<OffsetDateTime> {
         time::UtcOffset::from_hms(sign * hours, sign * minutes, 0).ok()?
     };
     Some(local.assume_offset(offset))
-}
-
-/// GitHub's `message`, else the status's reason phrase.
-fn github_message(status: StatusCode, body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.get("message")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string())
-}
-
-/// hyper's top-level errors ("client error (Connect)") hide the cause; the chain names it.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

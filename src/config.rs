@@ -159,8 +159,8 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
 }
 
-/// One entry of `proxy.clients[]` (§6).
-#[derive(Debug)]
+/// One entry of `proxy.clients[]` (§6). `Debug` leaves the key hash out: it is what a key is
+/// checked against, so it would let whoever reads a log try guesses offline.
 pub struct ClientConfig {
     pub name: String,
     /// SHA-256 of the key: from `keySha256`, or computed from `key` at load time so the plain key
@@ -172,6 +172,17 @@ pub struct ClientConfig {
     pub methods: Option<Vec<http::Method>>,
     /// Default `[app, pat, anonymous]`.
     pub credentials: Vec<CredentialKind>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("name", &self.name)
+            .field("allow", &self.allow)
+            .field("methods", &self.methods)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A configuration problem. Messages name the key path and never contain a secret value.
@@ -1915,6 +1926,9 @@ proxy:
         );
         assert_eq!(ci.credentials, vec![CredentialKind::App]);
         assert!(!format!("{c:?}").contains("hello"));
+        // Nor the hash a key is checked against.
+        assert!(!format!("{c:?}").contains("key_sha256"));
+        assert!(format!("{catalog:?}").contains("catalog"));
     }
 
     #[test]

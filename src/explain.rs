@@ -11,7 +11,7 @@ use crate::config::{ClientConfig, Config};
 use crate::credential::{CredentialKind, Reason};
 use crate::github::GitHub;
 use crate::resolve::{Resolver, Step};
-use crate::target::PathTarget;
+use crate::target::{PathTarget, RepoIds};
 
 /// One step as `--json` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,6 +43,10 @@ pub struct Explanation {
     /// The refusal message, when refused.
     #[serde(skip)]
     pub message: Option<String>,
+    /// Whether `owner` came from the URL, not from `proxy.defaultOwner`: a fallback owner only
+    /// picks the credential, it does not make the request about that owner (client policy, §6).
+    #[serde(skip)]
+    pub owner_from_target: bool,
     /// `METHOD URL` as asked.
     #[serde(skip)]
     pub request: String,
@@ -65,10 +69,11 @@ impl Explanation {
         if self.integration.is_none() {
             return;
         }
+        let about_owner = self.owner.as_deref().filter(|_| self.owner_from_target);
         let policy = crate::clients::check_policy(
             client,
             method,
-            self.owner.as_deref(),
+            about_owner,
             self.repo.as_deref(),
             self.origin.as_deref() == Some("graphql"),
         );
@@ -110,6 +115,7 @@ impl Explanation {
             hashed_token: None,
             details: Vec::new(),
             message: Some(err.message.clone()),
+            owner_from_target: false,
             request,
         }
     }
@@ -120,6 +126,18 @@ impl Explanation {
 pub async fn explain(
     config: &Config,
     resolver: &Resolver,
+    url: &str,
+    method: &http::Method,
+) -> Result<Explanation, ExplainError> {
+    explain_with_repo_ids(config, resolver, None, url, method).await
+}
+
+/// As [`explain`], inside a running proxy: `/repositories/{id}` URLs use the repository ids it
+/// has learned, as its requests do (the admin `/explain`).
+pub async fn explain_with_repo_ids(
+    config: &Config,
+    resolver: &Resolver,
+    repo_ids: Option<&RepoIds>,
     url: &str,
     method: &http::Method,
 ) -> Result<Explanation, ExplainError> {
@@ -161,7 +179,9 @@ pub async fn explain(
     let (owner, repo) = match target {
         PathTarget::About { owner, repo } => (owner, repo),
         // Learned ids live in the running proxy; the CLI cannot know them.
-        PathTarget::RepositoryId(_) => (None, None),
+        PathTarget::RepositoryId(id) => repo_ids
+            .and_then(|ids| ids.get(route.integration.index, id))
+            .map_or((None, None), |(o, r)| (Some(o), Some(r))),
         // The owner of a GraphQL call is in its header or body, which explain does not have.
         PathTarget::Graphql => (None, None),
         PathTarget::AppEndpoint => {
@@ -175,6 +195,7 @@ pub async fn explain(
         }
     };
     // §5: a request with no owner uses proxy.defaultOwner.
+    let owner_from_target = owner.is_some();
     let owner = owner.or_else(|| config.proxy.default_owner.clone());
     let resolution = resolver
         .resolve(
@@ -206,6 +227,7 @@ pub async fn explain(
         hashed_token: resolution.token.as_ref().map(|t| t.hashed().to_string()),
         details: resolution.steps.clone(),
         message: resolution.message.clone(),
+        owner_from_target,
         request: format!("{method} {url}"),
     })
 }
@@ -401,8 +423,31 @@ mod tests {
                 },
             ],
             message: None,
+            owner_from_target: true,
             request: "GET https://api.github.com/repos/acme/widgets".into(),
         }
+    }
+
+    #[test]
+    fn a_default_owner_does_not_satisfy_a_client_allow_list() {
+        let client = ClientConfig {
+            name: "catalog".into(),
+            key_sha256: [0; 32],
+            allow: vec!["acme/*".into()],
+            methods: None,
+            credentials: vec![CredentialKind::App, CredentialKind::Pat],
+        };
+        let mut from_url = sample();
+        from_url.apply_client_policy(&client, &http::Method::GET);
+        assert_eq!(from_url.credential, CredentialKind::Pat);
+        // The same owner, but only from proxy.defaultOwner: the request is about no owner.
+        let mut fallback = sample();
+        fallback.repo = None;
+        fallback.owner_from_target = false;
+        fallback.apply_client_policy(&client, &http::Method::GET);
+        assert_eq!(fallback.credential, CredentialKind::None);
+        assert_eq!(fallback.reason, Reason::ClientPolicy);
+        assert!(fallback.message.unwrap().contains("no owner"));
     }
 
     #[test]

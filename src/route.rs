@@ -981,6 +981,16 @@ mod tests {
             Just("http://127.0.0.1:4567"),
             Just("http://evil.example"),
             Just("http://api.github.com@evil.example"),
+            Just("http://127.0.0.1:4567@127.0.0.1:9"),
+            Just("http://api.github.com:8443"),
+            Just("http://api.github.com."),
+            Just("http://localhost:4567"),
+            Just("http://[::1]:4567"),
+            Just("HTTP://RAW.GITHUBUSERCONTENT.COM"),
+            Just("ftp://api.github.com"),
+            Just("/ghe.acme.com"),
+            Just("/127.0.0.1:4567"),
+            Just("/evil.example"),
         ];
         let query = prop_oneof![
             Just(String::new()),
@@ -1006,6 +1016,7 @@ mod tests {
                 .any(|i| Arc::ptr_eq(i, &r.integration))
         );
         assert!(crate::target::check_path(&r.upstream_path).is_ok());
+        check_named_authority(config, uri, r, origin);
         let received = uri.path();
         if r.origin != OriginKind::Graphql {
             let mut remainder = r
@@ -1044,6 +1055,133 @@ mod tests {
         }
     }
 
+    /// The origin a route went to is the one the client named: the absolute URL's host (and
+    /// port, when given), the host-prefix segment, or the default integration; never userinfo.
+    fn check_named_authority(config: &Config, uri: &Uri, r: &Route, origin: &Origin) {
+        let (origin_host, origin_port) = split_authority(&origin.authority).unwrap();
+        let origin_port = origin_port.unwrap_or(scheme_default_port(origin.scheme));
+        let (named_host, named_port, request_default) = match r.form {
+            Form::ForwardProxy => {
+                let a = uri.authority().unwrap();
+                assert!(!a.as_str().contains('@'), "{uri}");
+                let default = if uri.scheme_str().unwrap().eq_ignore_ascii_case("https") {
+                    "443"
+                } else {
+                    "80"
+                };
+                let (h, p) = split_authority(a.as_str()).unwrap();
+                (h.to_owned(), p.map(str::to_owned), Some(default))
+            }
+            Form::HostPrefix => {
+                let first = uri.path()[1..].split('/').next().unwrap();
+                assert!(!first.contains('@'), "{uri}");
+                let (h, p) = split_authority(first).unwrap();
+                (h.to_owned(), p.map(str::to_owned), None)
+            }
+            Form::Default => {
+                assert_eq!(r.integration.index, config.proxy.default_host, "{uri}");
+                assert!(uri.authority().is_none());
+                return;
+            }
+        };
+        assert!(
+            named_host.eq_ignore_ascii_case(origin_host),
+            "{uri} -> {}",
+            r.authority
+        );
+        if let Some(p) = named_port {
+            assert!(
+                p == origin_port || Some(p.as_str()) == request_default,
+                "{uri} -> {}",
+                r.authority
+            );
+        }
+    }
+
+    /// `tests/fuzz_seeds/request_targets.txt`: request targets every run checks as they are and
+    /// the long fuzz run mutates.
+    fn seeds() -> Vec<String> {
+        include_str!("../tests/fuzz_seeds/request_targets.txt")
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A seed with a hostile piece spliced in at any place (corpus-guided mutation).
+    fn mutated_seed() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(seeds()),
+            any::<prop::sample::Index>(),
+            segment(),
+            any::<bool>(),
+        )
+            .prop_map(|(seed, at, piece, with_slash)| {
+                let mut cut = at.index(seed.len() + 1);
+                while !seed.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let slash = if with_slash { "/" } else { "" };
+                format!("{}{slash}{piece}{}", &seed[..cut], &seed[cut..])
+            })
+    }
+
+    fn method() -> impl Strategy<Value = Method> {
+        prop_oneof![
+            Just(Method::GET),
+            Just(Method::POST),
+            Just(Method::HEAD),
+            Just(Method::PUT),
+            Just(Method::DELETE),
+            Just(Method::CONNECT),
+            Just(Method::from_bytes(b"PROPFIND").unwrap()),
+        ]
+    }
+
+    /// One request (method + target) as the server handles it: route, then target parsing;
+    /// anything accepted is checked by [`check_accepted`].
+    fn route_request(config: &Config, m: &Method, s: &str) {
+        if let Ok(uri) = s.parse::<Uri>() {
+            match route(config, m, &uri) {
+                Ok(r) => {
+                    assert_ne!(*m, Method::CONNECT, "{s}");
+                    check_accepted(config, &uri, &r);
+                }
+                Err(e) if *m == Method::CONNECT => {
+                    assert_eq!(e.reason, Reason::ConnectNotSupported);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The seed corpus, every run: each seed routes safely, and the hostile ones are refused.
+    #[test]
+    fn fuzz_seeds_route_safely() {
+        let c = config();
+        let seeds = seeds();
+        assert!(seeds.len() > 50);
+        for s in &seeds {
+            route_str(&c, s);
+            route_request(&c, &Method::CONNECT, s);
+            for kind in [OriginKind::Api, OriginKind::Raw, OriginKind::Web] {
+                let _ = target::parse(kind, s, Some(s));
+            }
+        }
+        for refused in [
+            "/repos/acme/%2e%2e/x",
+            "//repos/acme/x",
+            "/repos/acme%2Fother/x",
+            "http://api.github.com@evil.example/repos/acme/x",
+            "http://api.github.com:8443/repos/acme/x",
+            "/evil.example/repos/acme/x",
+            "/meta%0D%0AX-Evil:%201",
+        ] {
+            assert!(seeds.iter().any(|s| s == refused), "{refused} is a seed");
+            assert!(get(refused).is_err(), "{refused}");
+        }
+    }
+
     fn route_str(config: &Config, s: &str) {
         if let Ok(uri) = s.parse::<Uri>() {
             for m in [Method::GET, Method::POST] {
@@ -1074,16 +1212,33 @@ mod tests {
         }
     }
 
+    /// `PROPTEST_CASES` (else 100 000): the long run's case count.
+    fn fuzz_cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000)
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(100_000))]
+        #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
         #[test]
-        #[ignore = "long run: cargo test --release --lib fuzz_route_and_parse_100k -- --ignored"]
-        fn fuzz_route_and_parse_100k(s in request_target(), raw in any::<String>()) {
+        #[ignore = "long run: PROPTEST_CASES=N cargo test --release --lib fuzz_route_and_parse -- --ignored"]
+        fn fuzz_route_and_parse_100k(
+            s in request_target(),
+            seed in mutated_seed(),
+            raw in any::<String>(),
+            m in method(),
+        ) {
             let c = config();
             route_str(&c, &s);
+            route_str(&c, &seed);
             route_str(&c, &raw);
+            route_request(&c, &m, &s);
+            route_request(&c, &m, &seed);
             for kind in [OriginKind::Api, OriginKind::Raw, OriginKind::Web] {
                 let _ = target::parse(kind, &raw, Some(&raw));
+                let _ = target::parse(kind, &seed, Some(&seed));
             }
         }
     }

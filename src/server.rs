@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use ulid::Ulid;
 
 use crate::audit::{AuditLog, AuditPermit, AuditRecord, AuditSender, Outcome};
-use crate::config::{ClientConfig, Config};
+use crate::config::{ClientConfig, Config, OriginKind};
 use crate::credential::{CredentialKind, Reason};
 use crate::error::{Fault, ProxyError};
 use crate::forward::{Forwarder, RequestBody, ResponseBody, UpstreamMeta};
@@ -162,7 +162,7 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
                         shared.metrics.observe_shed_connection();
-                        tokio::spawn(shed(stream));
+                        tokio::spawn(shed(shared.clone(), stream, peer));
                         continue;
                     };
                     let shared = shared.clone();
@@ -237,6 +237,18 @@ pub async fn serve_main(config: Config) -> ExitCode {
         },
         None => None,
     };
+    if let Some(addr) = config.proxy.admin_listen
+        && !addr.ip().is_loopback()
+    {
+        // The admin endpoints have no authentication: /explain names which credential serves any
+        // owner (and may mint to find out), /metrics shows installation ids and rate limits.
+        tracing::warn!(
+            "proxy.admin.listen {addr} is not a loopback address: the unauthenticated health, \
+             metrics and explain endpoints are reachable by anyone who can reach that port; \
+             set proxy.admin.listen to 127.0.0.1:PORT (or null to disable it) unless a firewall \
+             restricts it"
+        );
+    }
     let server = match Server::new(config.clone()) {
         Ok(server) => server,
         Err(err) => {
@@ -311,16 +323,23 @@ fn stop_signal() -> impl Future<Output = ()> {
 }
 
 /// Answers a connection beyond `maxConnections` with one `503 overloaded` and closes it, without
-/// reading its request (that is the work being shed).
-async fn shed(mut stream: TcpStream) {
+/// parsing its request with hyper (that is the work being shed). The request line it drains
+/// afterwards is enough for the audit record every request gets (§7.3); a connection that sent
+/// nothing made no request and gets none.
+async fn shed(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let arrived = SystemTime::now();
+    let started = Instant::now();
+    let request_id = Ulid::new();
     let err = ProxyError::Overloaded;
     let body = err.body();
     let mut id = [0u8; ulid::ULID_LEN];
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\nx-request-id: {}\r\nx-credential-type: none\r\nx-credential-reason: overloaded\r\n\r\n",
         body.len(),
-        Ulid::new().array_to_str(&mut id)
+        request_id.array_to_str(&mut id)
     );
+    // The first bytes the client sent: enough for a request line.
+    let mut first = Vec::new();
     let io = async {
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(&body).await?;
@@ -334,11 +353,54 @@ async fn shed(mut stream: TcpStream) {
             if n == 0 {
                 break;
             }
+            if first.len() < SHED_REQUEST_LINE_MAX {
+                let take = n.min(SHED_REQUEST_LINE_MAX - first.len());
+                first.extend_from_slice(buf.get(..take).unwrap_or_default());
+            }
             total += n;
         }
         Ok::<(), std::io::Error>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), io).await;
+    let Some((method, path)) = shed_request_line(&first) else {
+        return;
+    };
+    let mut record = AuditRecord::new(arrived, request_id, peer, method);
+    record.path = path;
+    record.credential = CredentialKind::None;
+    record.reason = Some(Reason::Overloaded);
+    record.status = Some(503);
+    record.bytes_out = body.len() as u64;
+    record.outcome = Outcome::Refused;
+    let duration = started.elapsed();
+    record.duration_ms = duration.as_secs_f64() * 1000.0;
+    shared.metrics.observe_request(
+        CredentialKind::None,
+        Some(Reason::Overloaded),
+        Some(503),
+        duration,
+    );
+    shared.audit.send(record).await;
+}
+
+/// How much of a shed connection's input is kept to find its request line.
+const SHED_REQUEST_LINE_MAX: usize = 8 * 1024;
+
+/// Method and path (no query; `None` for an absolute-form target, whose path is not routed) of
+/// `METHOD SP target SP HTTP/1.x`, or `None` when the bytes are not a request line.
+fn shed_request_line(bytes: &[u8]) -> Option<(Method, Option<String>)> {
+    let line_end = bytes.iter().position(|&b| b == b'\r' || b == b'\n')?;
+    let line = std::str::from_utf8(bytes.get(..line_end)?).ok()?;
+    let mut parts = line.split(' ');
+    let method = Method::from_bytes(parts.next()?.as_bytes()).ok()?;
+    let target = parts.next()?;
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let path = target
+        .starts_with('/')
+        .then(|| target.split('?').next().unwrap_or(target).to_owned());
+    Some((method, path))
 }
 
 /// One request: runs the phases, then hands the record to the body so it is written exactly once
@@ -442,7 +504,7 @@ async fn phases(
     let mut graphql = false;
     let (mut owner, mut repo, body) = match parsed {
         PathTarget::About { owner, repo } => (owner, repo, request_body(body)),
-        PathTarget::RepositoryId(id) => match shared.repo_ids.get(id) {
+        PathTarget::RepositoryId(id) => match shared.repo_ids.get(route.integration.index, id) {
             Some((o, r)) => (Some(o), Some(r), request_body(body)),
             None => (None, None, request_body(body)),
         },
@@ -465,6 +527,15 @@ async fn phases(
             }
         }
     };
+    // The owner the request is about, for client policy: what GitHub will act on. For GraphQL the
+    // header names it (§5); for any other ownerless request, `X-GitHub-Owner` and `defaultOwner`
+    // only choose the credential: `/search/code?q=x` with a hint still searches everything the
+    // credential can see, so it stays "no owner" (only `*` allows it, §6).
+    let about_owner = match &owner {
+        Some(o) => Some(o.clone()),
+        None if graphql => owner_hint.clone(),
+        None => None,
+    };
     if owner.is_none() {
         owner = owner_hint.or_else(|| config.proxy.default_owner.clone());
         repo = None;
@@ -477,10 +548,25 @@ async fn phases(
         check_policy(
             client,
             &parts.method,
-            owner.as_deref(),
+            about_owner.as_deref(),
             repo.as_deref(),
             graphql,
         )?;
+        // The credential follows a search's first qualifier (§5), but GitHub searches every one:
+        // a client allowed `acme/widgets` must not add `repo:acme/secret` or `org:other`.
+        if route.origin == OriginKind::Api && route.target_path.starts_with("/search/") {
+            let scopes = crate::target::search_scopes(route.query.as_deref())
+                .map_err(|e| ProxyError::InvalidPath(e.0))?;
+            for (scope_owner, scope_repo) in scopes.iter().skip(1) {
+                check_policy(
+                    client,
+                    &parts.method,
+                    Some(scope_owner),
+                    scope_repo.as_deref(),
+                    false,
+                )?;
+            }
+        }
     }
 
     // Resolve.
@@ -545,7 +631,9 @@ async fn phases(
     if let (Some(o), Some(r)) = (&owner, &repo) {
         for link in head.headers.get_all(header::LINK) {
             if let Ok(link) = link.to_str() {
-                shared.repo_ids.learn_from_link(link, o, r);
+                shared
+                    .repo_ids
+                    .learn_from_link(route.integration.index, link, o, r);
             }
         }
     }

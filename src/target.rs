@@ -41,7 +41,7 @@ const NONE: PathTarget = PathTarget::About {
 };
 
 /// Rejects what could make GitHub (or anything between) act on a different path than the one
-/// parsed: dot segments (also `%2e`-encoded), encoded `/` or `\`, any `\`, control characters
+/// parsed: dot segments (also `%2e`-encoded), empty segments (`//`), encoded `/` or `\`, any `\`, control characters
 /// (raw or encoded) and malformed `%` escapes (an ambiguous escape is decoded differently by
 /// different servers). Allocation-free: it runs on every request.
 pub fn check_path(path: &str) -> Result<(), InvalidPath> {
@@ -78,6 +78,11 @@ pub fn check_path(path: &str) -> Result<(), InvalidPath> {
         if b == b'/' {
             if !other && (dots == 1 || dots == 2) {
                 return Err(invalid("'.' or '..' segment in path"));
+            }
+            // `//` is an empty segment: servers that collapse it would act on a different path
+            // (`//repos/other/x` parses as ownerless here, but is `/repos/other/x` there).
+            if i > 0 && bytes.get(i - 1) == Some(&b'/') {
+                return Err(invalid("empty segment ('//') in path"));
             }
             dots = 0;
             other = false;
@@ -211,10 +216,22 @@ fn repo_segment(seg: Option<&str>) -> Result<&str, InvalidPath> {
     }
 }
 
-/// `/search/...?q=`: the first `repo:o/r`, `org:o` or `user:o` qualifier of `q` (decoded, `+` as
-/// space). A malformed first qualifier is refused rather than skipped, so a later one cannot
-/// stand in for it.
+/// `/search/...?q=`: the owner (and repo) of the FIRST `repo:o/r`, `org:o` or `user:o` qualifier
+/// (decoded, `+` as space), as SPEC §5 says. GitHub searches the union of all of them, so the
+/// client policy checks every one ([`search_scopes`]); the credential follows the first.
 fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
+    Ok(match search_scopes(query)?.into_iter().next() {
+        Some((owner, repo)) => PathTarget::About {
+            owner: Some(owner),
+            repo,
+        },
+        None => NONE,
+    })
+}
+
+/// Every `repo:o/r`, `org:o` and `user:o` qualifier of a search's `q`, in order. A malformed
+/// qualifier is refused rather than skipped: GitHub would still search it.
+pub fn search_scopes(query: Option<&str>) -> Result<Vec<(String, Option<String>)>, InvalidPath> {
     // Query parsers disagree on duplicates (first wins here, last wins in Rails), on `;` as a
     // separator and on encoded keys (`%71=`): anything that could let GitHub see a different
     // `q` than the one authorised is refused.
@@ -234,8 +251,9 @@ fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
             found = Some(value);
         }
     }
+    let mut scopes = Vec::new();
     let Some(raw_q) = found else {
-        return Ok(NONE);
+        return Ok(scopes);
     };
     let plus_as_space = if raw_q.contains('+') {
         Cow::Owned(raw_q.replace('+', " "))
@@ -255,22 +273,15 @@ fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
             if !is_valid_owner(o) || !is_valid_repo(r) {
                 return Err(invalid("search qualifier repo: is not a valid owner/repo"));
             }
-            return Ok(PathTarget::About {
-                owner: Some(o.to_owned()),
-                repo: Some(r.to_owned()),
-            });
-        }
-        if name.eq_ignore_ascii_case("org") || name.eq_ignore_ascii_case("user") {
+            scopes.push((o.to_owned(), Some(r.to_owned())));
+        } else if name.eq_ignore_ascii_case("org") || name.eq_ignore_ascii_case("user") {
             if !is_valid_owner(value) {
                 return Err(invalid("search qualifier org:/user: is not a GitHub login"));
             }
-            return Ok(PathTarget::About {
-                owner: Some(value.to_owned()),
-                repo: None,
-            });
+            scopes.push((value.to_owned(), None));
         }
     }
-    Ok(NONE)
+    Ok(scopes)
 }
 
 /// Owner (and repo) of a GraphQL request from its JSON body: `variables.owner` (with
@@ -311,9 +322,11 @@ pub fn is_valid_repo(repo: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// Remembered `/repositories/{id}` → (owner, repo), bounded (§5, learned repository ids).
+/// Remembered `/repositories/{id}` → (owner, repo), bounded (§5, learned repository ids). Keyed
+/// by integration too: each GitHub instance numbers its repositories independently, so GHE's 4242
+/// is not github.com's 4242.
 pub struct RepoIds {
-    cache: Mutex<LruCache<u64, (String, String)>>,
+    cache: Mutex<LruCache<(usize, u64), (String, String)>>,
 }
 
 impl RepoIds {
@@ -324,15 +337,16 @@ impl RepoIds {
         }
     }
 
-    pub fn get(&self, id: u64) -> Option<(String, String)> {
+    pub fn get(&self, integration: usize, id: u64) -> Option<(String, String)> {
         // A poisoned lock only means another thread panicked mid-update of a cache: the data is
         // still a valid LRU, so keep using it rather than failing every later request.
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.get(&id).cloned()
+        cache.get(&(integration, id)).cloned()
     }
 
-    /// Remembers every `/repositories/{id}/` URL in a `Link` header value as belonging to owner/repo.
-    pub fn learn_from_link(&self, link: &str, owner: &str, repo: &str) {
+    /// Remembers every `/repositories/{id}/` URL in a `Link` header value (from `integration`)
+    /// as belonging to owner/repo.
+    pub fn learn_from_link(&self, integration: usize, link: &str, owner: &str, repo: &str) {
         const NEEDLE: &str = "/repositories/";
         let mut rest = link;
         let mut found = Vec::new();
@@ -352,7 +366,7 @@ impl RepoIds {
         }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         for id in found {
-            cache.put(id, (owner.to_owned(), repo.to_owned()));
+            cache.put((integration, id), (owner.to_owned(), repo.to_owned()));
         }
     }
 }
@@ -441,7 +455,7 @@ mod tests {
     #[test]
     fn api_search_repo_qualifier() {
         assert_eq!(
-            search("q=is:open+repo:acme/widgets+org:other"),
+            search("q=is:open+repo:acme/widgets+-label:x"),
             Ok(about(Some("acme"), Some("widgets")))
         );
         assert_eq!(
@@ -453,11 +467,40 @@ mod tests {
     #[test]
     fn api_search_org_and_user_qualifiers() {
         assert_eq!(search("q=org:acme+bug"), Ok(about(Some("acme"), None)));
+        assert_eq!(search("q=ORG:acme"), Ok(about(Some("acme"), None)));
+    }
+
+    #[test]
+    fn api_search_target_is_the_first_qualifier() {
+        // SPEC §5: the first repo:/org:/user: qualifier decides the credential.
         assert_eq!(
-            search("q=user:octocat+repo:acme/w"),
+            search("q=repo:acme/widgets+repo:acme/secret"),
+            Ok(about(Some("acme"), Some("widgets")))
+        );
+        assert_eq!(
+            search("q=org:acme+repo:acme/widgets"),
+            Ok(about(Some("acme"), None))
+        );
+        assert_eq!(
+            search("q=is:open+user:octocat+repo:acme/w"),
             Ok(about(Some("octocat"), None))
         );
-        assert_eq!(search("q=ORG:acme"), Ok(about(Some("acme"), None)));
+        // A malformed later qualifier is refused too: GitHub would still search it.
+        assert!(search("q=repo:acme/widgets+repo:nope").is_err());
+    }
+
+    #[test]
+    fn api_search_scopes_lists_every_qualifier_for_the_client_policy() {
+        assert_eq!(
+            search_scopes(Some("q=repo:acme/widgets+is:open+org:other+user:octocat")),
+            Ok(vec![
+                ("acme".to_owned(), Some("widgets".to_owned())),
+                ("other".to_owned(), None),
+                ("octocat".to_owned(), None),
+            ])
+        );
+        assert_eq!(search_scopes(Some("q=bug")), Ok(vec![]));
+        assert_eq!(search_scopes(None), Ok(vec![]));
     }
 
     #[test]
@@ -581,6 +624,18 @@ mod tests {
     }
 
     #[test]
+    fn refuses_empty_interior_segment() {
+        // Collapsed by some servers into `/repos/other/x`, which this parse never authorised.
+        assert!(refused(OriginKind::Api, "//repos/other/x").0.contains("//"));
+        assert!(api("/repos/o/r//pulls").is_err());
+        assert!(api("/meta//").is_err());
+        assert!(parse(OriginKind::Web, "/o//r", None).is_err());
+        // A trailing slash is one empty final segment, not a collapse.
+        assert!(api("/repos/o/r/").is_ok());
+        assert!(api("/").is_ok());
+    }
+
+    #[test]
     fn refuses_encoded_dot_dot() {
         assert!(api("/repos/o/r/%2e%2e/x").is_err());
         assert!(api("/repos/o/r/.%2e/x").is_err());
@@ -649,7 +704,7 @@ mod tests {
 
     #[test]
     fn refuses_empty_owner() {
-        assert!(refused(OriginKind::Api, "/repos//r").0.contains("owner"));
+        assert!(refused(OriginKind::Api, "/repos//r").0.contains("empty"));
         assert!(api("/orgs/").is_err());
         assert!(parse(OriginKind::Raw, "//r/main/x", None).is_err());
         assert!(parse(OriginKind::Web, "//r", None).is_err());
@@ -657,7 +712,7 @@ mod tests {
 
     #[test]
     fn refuses_empty_repo() {
-        assert!(refused(OriginKind::Api, "/repos/o//x").0.contains("repo"));
+        assert!(refused(OriginKind::Api, "/repos/o//x").0.contains("empty"));
         assert!(api("/repos/o/").is_err());
         assert!(api("/repos/o").is_err());
         assert!(parse(OriginKind::Raw, "/o//main", None).is_err());
@@ -766,43 +821,61 @@ mod tests {
     fn learns_every_repository_id_in_a_link_header() {
         let ids = RepoIds::new(16);
         ids.learn_from_link(
+            0,
             r#"<https://api.github.com/repositories/123/pulls?page=2>; rel="next", <https://api.github.com/repositories/456?page=9>; rel="last", <https://api.github.com/repositories/789>; rel="first""#,
             "acme",
             "widgets",
         );
         for id in [123, 456, 789] {
-            assert_eq!(ids.get(id), Some(("acme".to_owned(), "widgets".to_owned())));
+            assert_eq!(
+                ids.get(0, id),
+                Some(("acme".to_owned(), "widgets".to_owned()))
+            );
         }
-        assert_eq!(ids.get(1), None);
+        assert_eq!(ids.get(0, 1), None);
     }
 
     #[test]
     fn ignores_malformed_repository_ids() {
         let ids = RepoIds::new(16);
         ids.learn_from_link(
+            0,
             "<https://x/repositories/12a/pulls>, <https://x/repositories/>, https://x/repositories/77",
             "o",
             "r",
         );
-        assert_eq!(ids.get(12), None);
+        assert_eq!(ids.get(0, 12), None);
         // a bare id at the end of the value counts
-        assert_eq!(ids.get(77), Some(("o".to_owned(), "r".to_owned())));
-        ids.learn_from_link("/repositories/99999999999999999999999/x", "o", "r");
+        assert_eq!(ids.get(0, 77), Some(("o".to_owned(), "r".to_owned())));
+        ids.learn_from_link(0, "/repositories/99999999999999999999999/x", "o", "r");
+    }
+
+    #[test]
+    fn repo_ids_are_per_integration() {
+        let ids = RepoIds::new(16);
+        ids.learn_from_link(
+            1,
+            "<https://ghe/api/v3/repositories/4242/issues?page=2>",
+            "g",
+            "t",
+        );
+        assert_eq!(ids.get(1, 4242), Some(("g".to_owned(), "t".to_owned())));
+        assert_eq!(ids.get(0, 4242), None);
     }
 
     #[test]
     fn repo_ids_are_bounded() {
         let ids = RepoIds::new(2);
-        ids.learn_from_link("/repositories/1/x", "o", "a");
-        ids.learn_from_link("/repositories/2/x", "o", "b");
-        assert!(ids.get(1).is_some()); // 1 is now most recent
-        ids.learn_from_link("/repositories/3/x", "o", "c");
-        assert_eq!(ids.get(2), None);
-        assert!(ids.get(1).is_some());
-        assert!(ids.get(3).is_some());
+        ids.learn_from_link(0, "/repositories/1/x", "o", "a");
+        ids.learn_from_link(0, "/repositories/2/x", "o", "b");
+        assert!(ids.get(0, 1).is_some()); // 1 is now most recent
+        ids.learn_from_link(0, "/repositories/3/x", "o", "c");
+        assert_eq!(ids.get(0, 2), None);
+        assert!(ids.get(0, 1).is_some());
+        assert!(ids.get(0, 3).is_some());
         let zero = RepoIds::new(0);
-        zero.learn_from_link("/repositories/1", "o", "r");
-        assert!(zero.get(1).is_some());
+        zero.learn_from_link(0, "/repositories/1", "o", "r");
+        assert!(zero.get(0, 1).is_some());
     }
 
     // properties
@@ -847,7 +920,7 @@ mod tests {
             let s = String::from_utf8_lossy(&b);
             let _ = parse(kind, &s, Some(&s));
             let _ = graphql_target(&b);
-            RepoIds::new(4).learn_from_link(&s, "o", "r");
+            RepoIds::new(4).learn_from_link(0, &s, "o", "r");
         }
 
         #[test]

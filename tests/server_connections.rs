@@ -44,6 +44,12 @@ async fn connections_beyond_the_limit_get_503_overloaded() {
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(text.contains("\"reason\":\"overloaded\""), "{text}");
     assert!(text.contains("x-credential-reason: overloaded"), "{text}");
+    let shed_id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap()
+        .trim()
+        .to_owned();
 
     // The held connection still works, and once it closes a new one is accepted.
     let req = Request::get("/rate_limit")
@@ -72,7 +78,19 @@ async fn connections_beyond_the_limit_get_503_overloaded() {
         assert!(tokio::time::Instant::now() < deadline, "{text}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    proxy.stop().await;
+    // The shed request has its audit record too (§7.3: every request), under the id it was sent.
+    let records = proxy.stop().await;
+    let shed = records
+        .iter()
+        .find(|r| r["request_id"] == shed_id.as_str())
+        .unwrap_or_else(|| panic!("no record for shed request {shed_id}: {records:?}"));
+    assert_eq!(shed["method"], "GET");
+    assert_eq!(shed["path"], "/rate_limit");
+    assert_eq!(shed["credential"], "none");
+    assert_eq!(shed["reason"], "overloaded");
+    assert_eq!(shed["status"], 503);
+    assert_eq!(shed["outcome"], "refused");
+    assert!(shed["upstream_status"].is_null());
 }
 
 #[tokio::test]

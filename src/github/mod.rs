@@ -402,11 +402,7 @@ impl GitHub {
         if !status.is_success() {
             return Err(github_error(&context, status, &body));
         }
-        let parsed: AccessTokenJson =
-            serde_json::from_slice(&body).map_err(|err| TokenError::BadResponse {
-                context: context.clone(),
-                message: err.to_string(),
-            })?;
+        let parsed = parse_access_token(&context, &body)?;
         let expires = time::OffsetDateTime::parse(
             &parsed.expires_at,
             &time::format_description::well_known::Rfc3339,
@@ -536,7 +532,8 @@ fn app_auth(app: &AppState) -> Result<HeaderValue, TokenError> {
     }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+/// hyper's top-level errors ("client error (Connect)") hide the cause; the chain names it.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -547,9 +544,24 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
-/// GitHub's error bodies are `{"message": ..., "documentation_url": ...}`; only `message` is kept.
-fn github_error(context: &str, status: StatusCode, body: &[u8]) -> TokenError {
-    let message = serde_json::from_slice::<serde_json::Value>(body)
+/// The body of a successful mint. Its error is not serde_json's rendering, which quotes a
+/// mistyped string value: this body holds the token.
+fn parse_access_token(context: &str, body: &[u8]) -> Result<AccessTokenJson, TokenError> {
+    serde_json::from_slice(body).map_err(|err| TokenError::BadResponse {
+        context: context.to_string(),
+        message: format!(
+            "not an access token response ({:?} error at line {} column {})",
+            err.classify(),
+            err.line(),
+            err.column()
+        ),
+    })
+}
+
+/// GitHub's error bodies are `{"message": ..., "documentation_url": ...}`; only `message` is kept,
+/// else the status's reason phrase.
+pub(crate) fn github_message(status: StatusCode, body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {
             v.get("message")
@@ -561,11 +573,14 @@ fn github_error(context: &str, status: StatusCode, body: &[u8]) -> TokenError {
                 .canonical_reason()
                 .unwrap_or("no message")
                 .to_string()
-        });
+        })
+}
+
+fn github_error(context: &str, status: StatusCode, body: &[u8]) -> TokenError {
     TokenError::GitHub {
         context: context.to_string(),
         status: status.as_u16(),
-        message,
+        message: github_message(status, body),
     }
 }
 
@@ -599,6 +614,31 @@ mod tests {
             Some("https://api.github.com/app/installations?page=2")
         );
         assert_eq!(next_link(r#"<https://x/?page=1>; rel="prev""#), None);
+    }
+
+    #[test]
+    fn access_token_parse_errors_never_quote_the_body() {
+        for body in [
+            &br#""ghs_canary_in_body""#[..],
+            br#"{"token": ["ghs_canary_in_body"], "expires_at": "x"}"#,
+            br#"{"token": "ghs_canary_in_body", "expires_at": 5}"#,
+            br#"{"token": "ghs_canary_in_body""#,
+            br#"{"token": "ghs_canary_in_body", "expires_at": "2026-01-01T00:00:00Z", "token": 1}"#,
+        ] {
+            let Err(err) = parse_access_token("minting", body) else {
+                panic!("parsed {}", String::from_utf8_lossy(body));
+            };
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("ghs_canary"), "{shown}");
+            assert!(shown.contains("minting"), "{shown}");
+        }
+        assert!(
+            parse_access_token(
+                "minting",
+                br#"{"token":"ghs_x","expires_at":"2026-01-01T00:00:00Z"}"#
+            )
+            .is_ok()
+        );
     }
 
     #[test]

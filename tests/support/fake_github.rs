@@ -90,6 +90,59 @@ struct State {
     last_authorization: Option<String>,
     /// `/rate_limit` headers per PAT (check).
     pat_details: HashMap<String, PatDetails>,
+    /// e2e: path prefix stripped before routing (GHE's `/api/v3`), scripted answers, and
+    /// whether the catch-all answers `401` to a credential it does not know.
+    prefix: String,
+    scripted: HashMap<String, Scripted>,
+    strict_auth: bool,
+    /// Every App JWT that authenticated (the canary searches for them).
+    jwts: Vec<String>,
+}
+
+/// A scripted answer (e2e tests), keyed by `"METHOD /path"` or `"METHOD /path?query"` (the
+/// exact query wins over the bare path).
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Waits this long before answering (response-timeout tests).
+    pub delay: Duration,
+    /// Answers `401 Bad credentials` unless an installation token or a PAT authenticated.
+    pub require_token: bool,
+}
+
+impl Scripted {
+    /// `200` with this JSON body, GitHub's request-id and rate-limit headers, token required.
+    pub fn json(body: Value) -> Self {
+        Scripted {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::from(body.to_string()),
+            delay: Duration::ZERO,
+            require_token: true,
+        }
+    }
+
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
 }
 
 /// What `/rate_limit` says about one PAT, as GitHub's headers do (`check` reads them).
@@ -114,9 +167,17 @@ pub struct FakeGitHubBuilder {
     token_lifetime: Duration,
     page_size: usize,
     pat_details: Vec<(String, PatDetails)>,
+    prefix: String,
 }
 
 impl FakeGitHubBuilder {
+    /// Serves under a path prefix, as GitHub Enterprise Server does (`/api/v3`): the
+    /// `api_url()` includes it and requests have it stripped before routing.
+    pub fn api_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.trim_end_matches('/').to_string();
+        self
+    }
+
     /// An App FakeGitHub knows, with its public key (PEM): its JWTs verify.
     pub fn app(mut self, app_id: u64, public_pem: &str) -> Self {
         self.apps.push((app_id, public_pem.to_string()));
@@ -186,7 +247,7 @@ impl FakeGitHubBuilder {
     pub async fn start(self) -> FakeGitHub {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let base = format!("https://localhost:{}", addr.port());
+        let base = format!("https://localhost:{}{}", addr.port(), self.prefix);
         let (acceptor, ca_pem) = tls();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("fake-github-ca.pem");
@@ -209,6 +270,10 @@ impl FakeGitHubBuilder {
             requests: Vec::new(),
             last_authorization: None,
             pat_details: self.pat_details.into_iter().collect(),
+            prefix: self.prefix,
+            scripted: HashMap::new(),
+            strict_auth: false,
+            jwts: Vec::new(),
         }));
         let task = tokio::spawn(serve(listener, acceptor, state.clone()));
         FakeGitHub {
@@ -247,6 +312,7 @@ impl FakeGitHub {
             token_lifetime: Duration::from_secs(3600),
             page_size: 100,
             pat_details: Vec::new(),
+            prefix: String::new(),
         }
     }
 
@@ -329,7 +395,23 @@ impl FakeGitHub {
         self.state().pats.remove(pat);
     }
 
+    /// e2e: answers `"METHOD /path"` (or `"METHOD /path?query"`) with `answer`.
+    pub fn script(&self, key: &str, answer: Scripted) {
+        self.state().scripted.insert(key.to_string(), answer);
+    }
+
+    /// e2e: the catch-all answers `401 Bad credentials` to a credential it does not know (a
+    /// revoked token), as GitHub does.
+    pub fn set_strict_auth(&self, strict: bool) {
+        self.state().strict_auth = strict;
+    }
+
     // ---- what happened ----
+
+    /// Every App JWT that authenticated, in order (e2e canary).
+    pub fn jwts(&self) -> Vec<String> {
+        self.state().jwts.clone()
+    }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state().requests.clone()
@@ -607,7 +689,16 @@ fn new_token() -> String {
 
 async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let mut path = req.uri().path().to_string();
+    {
+        let s = state.lock().unwrap_or_else(|p| p.into_inner());
+        if !s.prefix.is_empty()
+            && let Some(rest) = path.strip_prefix(&s.prefix)
+            && rest.starts_with('/')
+        {
+            path = rest.to_string();
+        }
+    }
     let query = req.uri().query().map(str::to_string);
     let authorization = req
         .headers()
@@ -624,6 +715,11 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
             query: query.clone(),
             auth: auth.clone(),
         });
+        if let (Auth::Jwt(_), Some(value)) = (&auth, &authorization)
+            && let Some(jwt) = value.strip_prefix("Bearer ")
+        {
+            s.jwts.push(jwt.to_string());
+        }
         s.last_authorization = authorization;
         (auth, s.mint_delay)
     };
@@ -636,11 +732,54 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
     if is_mint && !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    if let Some(reply) = scripted(&state, &method, &path, query.as_deref(), &auth).await {
+        return reply;
+    }
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    if s.strict_auth && auth == Auth::Invalid {
+        return message(401, "Bad credentials");
+    }
     if let Some(reply) = pat_rate_limit(&s, &method, &path, &auth, presented.as_deref()) {
         return reply;
     }
     route(&mut s, &method, &segments, &path, query.as_deref(), &auth)
+}
+
+/// The scripted answer for this request, if any (e2e).
+async fn scripted(
+    state: &Mutex<State>,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    auth: &Auth,
+) -> Option<Reply> {
+    let answer = {
+        let s = state.lock().unwrap_or_else(|p| p.into_inner());
+        let bare = format!("{method} {path}");
+        query
+            .and_then(|q| s.scripted.get(&format!("{bare}?{q}")))
+            .or_else(|| s.scripted.get(&bare))
+            .cloned()?
+    };
+    if !answer.delay.is_zero() {
+        tokio::time::sleep(answer.delay).await;
+    }
+    if answer.require_token && !matches!(auth, Auth::Installation(_) | Auth::Pat) {
+        return Some(message(401, "Bad credentials"));
+    }
+    let mut response = Response::builder()
+        .status(answer.status)
+        .header("content-type", "application/json; charset=utf-8")
+        .header("x-github-request-id", "FAKE:0001")
+        .body(Full::new(answer.body))
+        .unwrap();
+    for (name, value) in &answer.headers {
+        response.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    Some(response)
 }
 
 /// `GET /rate_limit` for a PAT with [`PatDetails`]: GitHub's headers about that PAT. `route` only

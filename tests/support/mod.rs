@@ -6,6 +6,7 @@
 pub mod fake_github;
 pub mod git_backend;
 pub mod process;
+pub mod secrets;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,96 @@
+//! End to end (SPEC §7.2): what a `401` from GitHub does to each kind of request. Only a
+//! body-less App request is retried; a request with a body gets the `401` (the token is still
+//! evicted); a PAT's `401` is passed through untouched.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/e2e.rs"]
+mod e2e;
+mod server_common;
+mod support;
+
+use bytes::Bytes;
+use e2e::{INST1, PAT, World, request};
+use http::Method;
+use serde_json::json;
+use support::fake_github::{Auth, Scripted};
+use support::secrets::hashed_token;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_body_is_not_retried_but_the_token_is_evicted() {
+    let w = World::start().await;
+    w.fake.set_strict_auth(true);
+    w.get("/repos/acme/widgets")
+        .await
+        .assert_served(200, "app", "installed");
+    let old = w.fake.issued_tokens();
+    w.fake.revoke_token(&old[0]);
+
+    let reply = request(
+        w.proxy.addr,
+        Method::POST,
+        "/repos/acme/widgets/issues",
+        &[("content-type", "application/json")],
+        Bytes::from(json!({"title": "t"}).to_string()),
+    )
+    .await;
+    // GitHub's own 401, with the credential that was tried.
+    reply.assert_served(401, "app", "installed");
+    assert_eq!(reply.json()["message"], "Bad credentials");
+    assert_eq!(w.fake.calls("POST /repos/acme/widgets/issues"), 1);
+    let r = w.record(&reply).await;
+    assert_eq!(r["upstream_status"], 401);
+    assert_eq!(r["outcome"], "ok");
+    assert_eq!(r["hashed_token"], hashed_token(&old[0]));
+    assert_eq!(w.fake.mint_count(), 1, "no retry, so no mint yet");
+
+    // The rejected token serves no one else: the next request mints.
+    let reply = w.get("/repos/acme/widgets").await;
+    reply.assert_served(200, "app", "installed");
+    assert_eq!(reply.json()["auth"], format!("app:{INST1}"));
+    assert_eq!(w.fake.mint_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pat_401_is_passed_through_without_retry() {
+    let w = World::start().await;
+    w.fake.set_strict_auth(true);
+    w.fake.revoke_pat(PAT);
+    let reply = w.get("/repos/other/thing").await;
+    reply.assert_served(401, "pat", "not_installed");
+    assert_eq!(w.fake.calls("/repos/other/thing"), 1);
+    let auths: Vec<Auth> = w
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/repos/other/thing")
+        .map(|r| r.auth)
+        .collect();
+    assert_eq!(auths, [Auth::Invalid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_modified_is_recorded_as_ok_with_no_body() {
+    let w = World::start().await;
+    w.fake.script(
+        "GET /repos/acme/widgets",
+        Scripted::json(json!({}))
+            .status(304)
+            .body(Bytes::new())
+            .header("etag", "\"abc\""),
+    );
+    let reply = request(
+        w.proxy.addr,
+        Method::GET,
+        "/repos/acme/widgets",
+        &[("if-none-match", "\"abc\"")],
+        Bytes::new(),
+    )
+    .await;
+    reply.assert_served(304, "app", "installed");
+    assert!(reply.body.is_empty());
+    let r = w.record(&reply).await;
+    assert_eq!(r["status"], 304);
+    assert_eq!(r["upstream_status"], 304);
+    assert_eq!(r["bytes_out"], 0);
+    assert_eq!(r["outcome"], "ok");
+}

@@ -1,0 +1,123 @@
+//! `gh-token-proxy explain` as a user runs it: the real binary against FakeGitHub over TLS. The
+//! web URL of a file and the API URL of the same repository get the same decision, and nothing a
+//! secret could be read from reaches the output.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::fake_github::FakeGitHub;
+use support::{APP1_KEY, APP1_PUB, TestApp, TestConfig};
+
+const APP1: u64 = 12345;
+const PAT: &str = "ghp_explain_cli_canary_pat_0123456789";
+
+fn explain(config: &std::path::Path, args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_gh-token-proxy"))
+        .arg("explain")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("GH_TOKEN_PROXY_CONFIG")
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "explain {args:?} exited {:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_json_gives_the_same_decision_for_web_and_api_urls_and_no_token() {
+    let fake = FakeGitHub::builder()
+        .app(APP1, APP1_PUB)
+        .installation(APP1, 678, "acme")
+        .start()
+        .await;
+    let yaml = TestConfig::new(&fake)
+        .token(PAT)
+        .app(TestApp::new(APP1, APP1_KEY))
+        .yaml();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("explain.yaml");
+    std::fs::write(&config, yaml).unwrap();
+
+    let web_url = "https://github.com/acme/widgets/blob/main/catalog-info.yaml";
+    let api_url = format!("{}/repos/acme/widgets", fake.api_url());
+    let config_path = config.clone();
+    let api = api_url.clone();
+    let (web, api, tree) = tokio::task::spawn_blocking(move || {
+        (
+            explain(&config_path, &["--json", web_url]),
+            explain(&config_path, &["--json", &api]),
+            explain(&config_path, &[web_url]),
+        )
+    })
+    .await
+    .unwrap();
+
+    let web_json: serde_json::Value = serde_json::from_slice(&web.stdout).unwrap();
+    let api_json: serde_json::Value = serde_json::from_slice(&api.stdout).unwrap();
+    assert_eq!(web_json["origin"], "web", "{web_json}");
+    assert_eq!(api_json["origin"], "api", "{api_json}");
+    for json in [&web_json, &api_json] {
+        assert_eq!(json["integration"], "github.com");
+        assert_eq!(json["owner"], "acme");
+        assert_eq!(json["repo"], "widgets");
+        assert_eq!(json["credential"], "app");
+        assert_eq!(json["reason"], "installed");
+        assert_eq!(json["app_id"], APP1);
+        assert_eq!(json["installation_id"], 678);
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys.len(),
+            10,
+            "exactly the SPEC §9 fields: {keys:?} in {json}"
+        );
+        assert_eq!(json["steps"][0]["check"], "app");
+        assert_eq!(json["steps"][0]["result"], "used");
+    }
+    assert_eq!(
+        (&web_json["credential"], &web_json["reason"]),
+        (&api_json["credential"], &api_json["reason"])
+    );
+    let tree_text = String::from_utf8_lossy(&tree.stdout);
+    assert!(tree_text.contains("credential: app"), "{tree_text}");
+
+    // Each run is its own process, so each minted its own token; the hash is there, the token
+    // never is (nor the PAT, nor the key).
+    let minted = fake.issued_tokens();
+    assert_eq!(minted.len(), 3, "one mint per explain run");
+    let hashes: Vec<String> = minted
+        .iter()
+        .map(|t| gh_token_proxy::credential::hash_token(t))
+        .collect();
+    assert!(hashes.contains(&web_json["hashed_token"].as_str().unwrap().to_owned()));
+    assert!(hashes.contains(&api_json["hashed_token"].as_str().unwrap().to_owned()));
+    let key_lines: Vec<&str> = APP1_KEY
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 20)
+        .collect();
+    for output in [&web, &api, &tree] {
+        for stream in [&output.stdout, &output.stderr] {
+            let text = String::from_utf8_lossy(stream);
+            for token in &minted {
+                assert!(!text.contains(token.as_str()), "a token leaked: {text}");
+            }
+            assert!(!text.contains(PAT), "the PAT leaked: {text}");
+            for line in &key_lines {
+                assert!(!text.contains(line), "the private key leaked: {text}");
+            }
+        }
+    }
+}
