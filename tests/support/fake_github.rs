@@ -248,7 +248,7 @@ impl FakeGitHubBuilder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let base = format!("https://localhost:{}{}", addr.port(), self.prefix);
-        let (acceptor, ca_pem) = tls();
+        let (acceptor, ca_pem) = test_tls("FakeGitHub test CA");
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("fake-github-ca.pem");
         std::fs::write(&ca_file, ca_pem).unwrap();
@@ -469,14 +469,15 @@ fn glob(pattern: &str, text: &str) -> bool {
     }
 }
 
-/// A test CA (ECDSA P-256) and a leaf for `localhost` and `127.0.0.1`.
-fn tls() -> (tokio_rustls::TlsAcceptor, String) {
+/// A test CA (ECDSA P-256) named `ca_name` and a leaf for `localhost` and `127.0.0.1`: the
+/// acceptor and the CA's PEM (for `proxy.upstream.caFile`).
+pub fn test_tls(ca_name: &str) -> (tokio_rustls::TlsAcceptor, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "FakeGitHub test CA");
+        .push(DnType::CommonName, ca_name);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
