@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,12 +15,14 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::audit::AuditRecord;
+use crate::config::Scheme;
 use crate::config::{Config, OriginKind};
 use crate::credential::{CredentialKind, Token};
 use crate::error::ProxyError;
+use crate::pool::{ForwardPool, PooledBody, SendError};
 use crate::resolve::Resolution;
 use crate::route::{Form, Route};
-use crate::upstream::{BoxError, UpstreamBody, UpstreamClient};
+use crate::upstream::{BoxError, UpstreamBody};
 
 /// Sent when the client did not say who it is (GitHub rejects requests without a User-Agent).
 pub static DEFAULT_USER_AGENT: &str = concat!("gh-token-proxy/", env!("CARGO_PKG_VERSION"));
@@ -126,7 +129,7 @@ impl RequestBody {
 
 /// Maps a failed upstream call to the client-facing error: TLS problems are told apart from
 /// plain connection failures (an operator fixes them differently: `upstream.caFile`).
-pub fn classify(err: &hyper_util::client::legacy::Error, authority: &str) -> ProxyError {
+pub fn classify(err: &SendError, authority: &str) -> ProxyError {
     let mut timed_out = false;
     if let Some(tls) = find_tls(err, &mut timed_out, 0) {
         return ProxyError::UpstreamTls(format!("TLS with {authority} failed: {tls}"));
@@ -136,10 +139,14 @@ pub fn classify(err: &hyper_util::client::legacy::Error, authority: &str) -> Pro
             "connecting to {authority} timed out (proxy.upstream.connectTimeoutMs)"
         ));
     }
-    if err.is_connect() {
-        ProxyError::UpstreamUnreachable(format!("cannot connect to {authority}: {}", chain(err)))
-    } else {
-        ProxyError::UpstreamUnreachable(format!("{authority} failed: {}", chain(err)))
+    match err {
+        SendError::Connect(inner) => ProxyError::UpstreamUnreachable(format!(
+            "cannot connect to {authority}: {}",
+            chain(inner.as_ref())
+        )),
+        SendError::Request(inner) => {
+            ProxyError::UpstreamUnreachable(format!("{authority} failed: {}", chain(inner)))
+        }
     }
 }
 
@@ -187,14 +194,17 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Sends one request, bounded by `proxy.upstream.responseTimeoutMs` up to the response head.
+/// Sends one request, bounded by `proxy.upstream.responseTimeoutMs` up to the response head
+/// (connecting included).
 pub async fn send(
-    client: &UpstreamClient,
+    pool: &Arc<ForwardPool>,
+    scheme: Scheme,
     response_timeout: Duration,
     request: Request<UpstreamBody>,
     authority: &str,
-) -> Result<Response<Incoming>, ProxyError> {
-    match tokio::time::timeout(response_timeout, client.request(request)).await {
+) -> Result<Response<PooledBody>, ProxyError> {
+    let sending = pool.send(scheme == Scheme::Https, authority, request);
+    match tokio::time::timeout(response_timeout, sending).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(err)) => Err(classify(&err, authority)),
         Err(_) => Err(ProxyError::UpstreamTimeout(format!(
@@ -224,8 +234,8 @@ impl Forwarder<'_> {
         mut body: RequestBody,
         resolution: &mut Resolution,
         record: &mut AuditRecord,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let uri: Uri = self.route.upstream_uri().parse().map_err(|_| {
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let uri: Uri = self.route.upstream_target().parse().map_err(|_| {
             ProxyError::InvalidRequest("the request target cannot be forwarded".into())
         })?;
         prepare_request_headers(&mut headers, &self.route.authority)?;
@@ -236,7 +246,14 @@ impl Forwarder<'_> {
 
         set_credential(&mut headers, self.route.origin, resolution.token.as_deref());
         let request = build(method.clone(), uri, headers, body.take())?;
-        let response = send(&self.shared.client, timeout, request, &self.route.authority).await?;
+        let response = send(
+            &self.shared.pool,
+            self.route.scheme,
+            timeout,
+            request,
+            &self.route.authority,
+        )
+        .await?;
         if response.status() != StatusCode::UNAUTHORIZED
             || resolution.credential != CredentialKind::App
         {
@@ -279,7 +296,14 @@ impl Forwarder<'_> {
         crate::server::record_resolution(record, resolution);
         set_credential(&mut headers, self.route.origin, resolution.token.as_deref());
         let request = build(method, uri, headers, body.take())?;
-        send(&self.shared.client, timeout, request, &self.route.authority).await
+        send(
+            &self.shared.pool,
+            self.route.scheme,
+            timeout,
+            request,
+            &self.route.authority,
+        )
+        .await
     }
 }
 
@@ -367,7 +391,7 @@ pub fn rewrite_response_headers(
 
 /// The body sent to the client: GitHub's, streamed, or the proxy's own (errors, admin).
 pub enum ResponseBody {
-    Upstream(Incoming),
+    Upstream(PooledBody),
     Full(Option<Bytes>),
 }
 

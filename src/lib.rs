@@ -15,7 +15,8 @@
 //! - [`github`]: App JWTs, installation lookups and single-flight installation tokens.
 //! - [`credential`]: credential kinds, reasons and the [`credential::Token`] that holds a secret.
 //! - [`clients`]: proxy client keys and their allow lists.
-//! - [`upstream`]: the one pooled upstream client (rustls).
+//! - [`upstream`]: upstream TLS (rustls) and the client for GitHub App calls.
+//! - [`pool`]: keep-alive upstream connections for forwarding.
 //! - [`forward`]: header rules, streaming, `Link`/`Location` rewriting, the 401 retry.
 //! - [`server`]: accept loop, request phases, graceful shutdown.
 //! - [`audit`]: the audit record and its writer (never drops, flushes on shutdown).
@@ -43,6 +44,7 @@ pub mod explain;
 pub mod forward;
 pub mod github;
 pub mod metrics;
+pub mod pool;
 pub mod resolve;
 pub mod route;
 pub mod server;

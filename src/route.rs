@@ -34,7 +34,22 @@ pub struct Route {
 }
 
 impl Route {
-    /// `scheme://authority/path?query`, for the upstream request.
+    /// `/path?query`: the origin-form request target sent upstream (the connection is the
+    /// authority's; `Host` names it).
+    pub fn upstream_target(&self) -> String {
+        match &self.query {
+            Some(q) => {
+                let mut target = String::with_capacity(self.upstream_path.len() + 1 + q.len());
+                target.push_str(&self.upstream_path);
+                target.push('?');
+                target.push_str(q);
+                target
+            }
+            None => self.upstream_path.clone(),
+        }
+    }
+
+    /// `scheme://authority/path?query`: the upstream URL (explain, messages).
     pub fn upstream_uri(&self) -> String {
         match &self.query {
             Some(q) => format!(

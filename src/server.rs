@@ -65,6 +65,8 @@ pub enum ServeError {
 pub struct Shared {
     pub config: Arc<Config>,
     pub client: UpstreamClient,
+    /// Forwarding's keep-alive connections (the App calls use `client`).
+    pub pool: Arc<crate::pool::ForwardPool>,
     pub resolver: Arc<Resolver>,
     pub repo_ids: RepoIds,
     pub audit: AuditSender,
@@ -98,11 +100,14 @@ impl Server {
     pub fn with_audit(config: Arc<Config>, audit: AuditLog) -> Result<Server, ServeError> {
         let client = crate::upstream::build(&config.proxy.upstream)
             .map_err(|e| ServeError::Setup(e.to_string()))?;
+        let pool = crate::upstream::build_pool(&config.proxy.upstream)
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
         let github = Arc::new(GitHub::new(config.clone(), client.clone()));
         let resolver = Arc::new(Resolver::new(github, config.proxy.allow_anonymous));
         let shared = Arc::new(Shared {
             config,
             client,
+            pool: Arc::new(pool),
             resolver,
             repo_ids: RepoIds::new(REPO_IDS_CAPACITY),
             audit: audit.sender(),

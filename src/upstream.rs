@@ -1,5 +1,6 @@
-//! The one pooled upstream HTTP client (keep-alive, TLS via rustls with system roots plus
-//! `upstream.caFile`), shared by forwarding and by the GitHub App calls.
+//! The upstream side's TLS and connections: one rustls config (system roots plus `upstream.caFile`,
+//! session resumption) behind two users: the forwarding pool ([`crate::pool`], the hot path) and a
+//! hyper-util client for the GitHub App calls (installation lookups, token mints, `check`).
 
 use std::sync::Arc;
 
@@ -32,8 +33,24 @@ pub enum UpstreamSetupError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds the client. System roots are always trusted; `caFile` adds to them.
+/// Builds the App-call client. System roots are always trusted; `caFile` adds to them.
 pub fn build(config: &UpstreamConfig) -> Result<UpstreamClient, UpstreamSetupError> {
+    let https = connector(config)?;
+    // Without pool_timer, idle connections are never reaped (hyper-util needs a timer for that).
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https))
+}
+
+/// Builds the forwarding pool, with the same trust and timeouts as [`build`].
+pub fn build_pool(config: &UpstreamConfig) -> Result<crate::pool::ForwardPool, UpstreamSetupError> {
+    Ok(crate::pool::ForwardPool::new(connector(config)?))
+}
+
+/// TCP (no Nagle, connect timeout) then TLS when the origin is `https`.
+fn connector(config: &UpstreamConfig) -> Result<HttpsConnector<HttpConnector>, UpstreamSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     // A machine without system roots still works with caFile (tests, air-gapped GHE).
     let native = rustls_native_certs::load_native_certs();
@@ -65,15 +82,9 @@ pub fn build(config: &UpstreamConfig) -> Result<UpstreamClient, UpstreamSetupErr
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    // Without pool_timer, idle connections are never reaped (hyper-util needs a timer for that).
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https))
+        .wrap_connector(http))
 }

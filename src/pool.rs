@@ -1,0 +1,287 @@
+//! The forwarding connection pool: keep-alive HTTP/1.1 connections to each upstream origin, reused
+//! request after request, with TLS sessions resumed through the shared rustls config.
+//!
+//! Why not hyper-util's legacy `Client` (which the GitHub App calls still use): per request it
+//! hashes the origin key, and for a response with a body it spawns a task and a oneshot just to
+//! put the connection back once the body is read. Here the connection goes back from the response
+//! body itself when it ends ([`Checkin`]), so the request path spawns nothing; an idle list per
+//! origin under one short lock is all the sharing there is.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
+
+use crate::upstream::{BoxError, UpstreamBody};
+
+/// Idle connections kept per origin; more are closed when they come back.
+const MAX_IDLE_PER_ORIGIN: usize = 256;
+/// An idle connection older than this is closed instead of reused (GitHub's side may have
+/// dropped it silently; a fresh one costs less than a failed request).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// A request that fails on a reused connection before any of it was written (the upstream closed
+/// the connection while it sat idle) is tried again on another one, at most this many times.
+const STALE_RETRIES: usize = 3;
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection: TCP connect, timeout or TLS handshake (the connector's error chain).
+    Connect(BoxError),
+    /// The connection failed during the exchange.
+    Request(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(err) => write!(f, "connect: {err}"),
+            SendError::Request(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Connect(err) => Some(err.as_ref()),
+            SendError::Request(err) => Some(err),
+        }
+    }
+}
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+struct Origin {
+    https: bool,
+    authority: Box<str>,
+    idle: Vec<Idle>,
+}
+
+/// Keep-alive connections per upstream origin (scheme and authority).
+pub struct ForwardPool {
+    connector: HttpsConnector<HttpConnector>,
+    /// One entry per origin ever used: bounded by the configured integrations' hosts, so a
+    /// linear search beats hashing the authority on every request.
+    origins: Mutex<Vec<Origin>>,
+}
+
+impl ForwardPool {
+    pub fn new(connector: HttpsConnector<HttpConnector>) -> Self {
+        ForwardPool {
+            connector,
+            origins: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends `request` (origin-form URI, `Host` already set) to `https?://authority`, on an idle
+    /// connection when there is one, else on a new one. The response body hands the connection
+    /// back when it has been read to the end.
+    pub async fn send(
+        self: &Arc<Self>,
+        https: bool,
+        authority: &str,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let mut stale = 0;
+        loop {
+            let (slot, reused, mut sender) = match self.checkout(https, authority).await {
+                (slot, Some(sender)) => (slot, true, sender),
+                (slot, None) => (slot, false, self.connect(https, authority).await?),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let checkin = Checkin {
+                        pool: self.clone(),
+                        slot,
+                        sender: Some(sender),
+                    };
+                    return Ok(response.map(|incoming| PooledBody {
+                        incoming,
+                        checkin: Some(checkin),
+                    }));
+                }
+                Err(mut err) => match err.take_message() {
+                    // Nothing was written: safe to send again, on another connection.
+                    Some(unsent) if reused && stale < STALE_RETRIES => {
+                        stale += 1;
+                        request = unsent;
+                    }
+                    _ => return Err(SendError::Request(err.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently returned idle connection that is still open and ready, and the origin's
+    /// slot (created on first use).
+    async fn checkout(
+        &self,
+        https: bool,
+        authority: &str,
+    ) -> (usize, Option<SendRequest<UpstreamBody>>) {
+        loop {
+            let (slot, candidate) = {
+                let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
+                let slot = match origins
+                    .iter()
+                    .position(|o| o.https == https && &*o.authority == authority)
+                {
+                    Some(slot) => slot,
+                    None => {
+                        origins.push(Origin {
+                            https,
+                            authority: authority.into(),
+                            idle: Vec::new(),
+                        });
+                        origins.len() - 1
+                    }
+                };
+                let mut candidate = None;
+                if let Some(origin) = origins.get_mut(slot) {
+                    while let Some(idle) = origin.idle.pop() {
+                        if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+                            candidate = Some(idle.sender);
+                            break;
+                        }
+                    }
+                }
+                (slot, candidate)
+            };
+            let Some(mut sender) = candidate else {
+                return (slot, None);
+            };
+            // Usually ready already: the connection went idle before its response body ended
+            // here. If it closed meanwhile, try the next one.
+            if std::future::poll_fn(|cx| sender.poll_ready(cx))
+                .await
+                .is_ok()
+            {
+                return (slot, Some(sender));
+            }
+        }
+    }
+
+    /// A new connection; its task runs on the current runtime until either side closes it.
+    async fn connect(
+        &self,
+        https: bool,
+        authority: &str,
+    ) -> Result<SendRequest<UpstreamBody>, SendError> {
+        let scheme = if https { "https" } else { "http" };
+        let uri: Uri = format!("{scheme}://{authority}/")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| SendError::Connect(Box::new(e)))?;
+        let io = self
+            .connector
+            .clone()
+            .call(uri)
+            .await
+            .map_err(SendError::Connect)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(SendError::Request)?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!("upstream connection ended: {err}");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn checkin(&self, slot: usize, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(origin) = origins.get_mut(slot)
+            && origin.idle.len() < MAX_IDLE_PER_ORIGIN
+        {
+            origin.idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Idle connections held now (tests, metrics).
+    pub fn idle_count(&self) -> usize {
+        let origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
+        origins.iter().map(|o| o.idle.len()).sum()
+    }
+}
+
+/// Puts a connection back into the pool, once its response has been read to the end. Dropped
+/// earlier, it lets the connection go: hyper closes a connection whose body was not read.
+struct Checkin {
+    pool: Arc<ForwardPool>,
+    slot: usize,
+    sender: Option<SendRequest<UpstreamBody>>,
+}
+
+impl Checkin {
+    fn release(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.checkin(self.slot, sender);
+        }
+    }
+}
+
+/// An upstream response body that returns its connection to the pool at its end.
+pub struct PooledBody {
+    incoming: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(std::pin::Pin::new(&mut this.incoming).poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some(mut checkin) = this.checkin.take() {
+                    checkin.release();
+                }
+            }
+            Some(Err(_)) => this.checkin = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Ended without a final poll (empty body, HEAD, 304, length reached): still reusable.
+        if let Some(mut checkin) = self.checkin.take()
+            && self.incoming.is_end_stream()
+        {
+            checkin.release();
+        }
+    }
+}
