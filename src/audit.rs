@@ -1,6 +1,10 @@
 //! The audit log (SPEC §7.3): one JSON line per request, fields declared up front and filled in as
 //! the request goes, written by a dedicated thread fed through a bounded channel (never drops:
 //! when it falls behind, requests wait), batched, reopened on SIGHUP, flushed on shutdown.
+//!
+//! Lines are written by hand ([`AuditRecord::write_json`]), not through serde: the writer thread's
+//! CPU is the proxy's CPU. The output is byte for byte what serde_json makes of the `Serialize`
+//! derive, which stays as the reference the tests compare against.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
@@ -30,8 +34,23 @@ pub enum Outcome {
     Aborted,
 }
 
+impl Outcome {
+    /// The serde name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
 /// One audit line. Field order is the SPEC's table; every field is always serialised (`null`
 /// where not applicable). Holds no secret: the token only as its hash.
+///
+/// Lines are written by [`AuditRecord::write_json`]; the `Serialize` derive defines the format it
+/// must match (tested byte for byte).
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
     #[serde(serialize_with = "ser_ts")]
@@ -100,9 +119,186 @@ impl AuditRecord {
     /// The JSON line, without the newline.
     pub fn to_json(&self) -> Vec<u8> {
         let mut line = Vec::with_capacity(512);
-        // Serialising plain fields into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut line, self);
+        self.write_json(&mut line);
         line
+    }
+
+    /// Appends the JSON line, without the newline: the same bytes as `serde_json::to_writer(self)`
+    /// (field order, `null`s, escaping, number formats), without serde's generic path or any
+    /// allocation beyond `out` growing.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut int = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"ts\":");
+        push_ts(out, self.ts);
+        out.extend_from_slice(b",\"request_id\":\"");
+        let mut ulid = [0u8; ulid::ULID_LEN];
+        out.extend_from_slice(self.request_id.array_to_str(&mut ulid).as_bytes());
+        out.extend_from_slice(b"\",\"client\":");
+        push_opt_str(out, self.client.as_deref());
+        out.extend_from_slice(b",\"client_addr\":");
+        push_addr(out, &mut int, &self.client_addr);
+        out.extend_from_slice(b",\"method\":");
+        push_str(out, self.method.as_str());
+        out.extend_from_slice(b",\"host\":");
+        push_opt_str(out, self.host.as_deref());
+        out.extend_from_slice(b",\"path\":");
+        push_opt_str(out, self.path.as_deref());
+        out.extend_from_slice(b",\"owner\":");
+        push_opt_str(out, self.owner.as_deref());
+        out.extend_from_slice(b",\"repo\":");
+        push_opt_str(out, self.repo.as_deref());
+        out.extend_from_slice(b",\"credential\":");
+        push_str(out, self.credential.as_str());
+        out.extend_from_slice(b",\"reason\":");
+        push_opt_str(out, self.reason.map(Reason::as_str));
+        out.extend_from_slice(b",\"app_id\":");
+        push_opt_int(out, &mut int, self.app_id);
+        out.extend_from_slice(b",\"installation_id\":");
+        push_opt_int(out, &mut int, self.installation_id);
+        out.extend_from_slice(b",\"hashed_token\":");
+        push_opt_str(out, self.hashed_token.as_deref());
+        out.extend_from_slice(b",\"status\":");
+        push_opt_int(out, &mut int, self.status);
+        out.extend_from_slice(b",\"upstream_status\":");
+        push_opt_int(out, &mut int, self.upstream_status);
+        out.extend_from_slice(b",\"github_request_id\":");
+        push_opt_str(out, self.github_request_id.as_deref());
+        out.extend_from_slice(b",\"rate_limit_remaining\":");
+        push_opt_int(out, &mut int, self.rate_limit_remaining);
+        out.extend_from_slice(b",\"rate_limit_resource\":");
+        push_opt_str(out, self.rate_limit_resource.as_deref());
+        out.extend_from_slice(b",\"bytes_out\":");
+        out.extend_from_slice(int.format(self.bytes_out).as_bytes());
+        out.extend_from_slice(b",\"duration_ms\":");
+        if self.duration_ms.is_finite() {
+            // The formatter serde_json uses (same crate, same version): same digits.
+            out.extend_from_slice(
+                zmij::Buffer::new()
+                    .format_finite(self.duration_ms)
+                    .as_bytes(),
+            );
+        } else {
+            // serde_json writes NaN and infinities as null.
+            out.extend_from_slice(b"null");
+        }
+        out.extend_from_slice(b",\"outcome\":");
+        push_str(out, self.outcome.as_str());
+        out.push(b'}');
+    }
+}
+
+/// serde_json's escape table: `b'u'` for `\u00XX`, another letter for its short form (`\n`), 0 for
+/// verbatim. Escaped: `"`, `\` and bytes below 0x20; DEL and non-ASCII pass through.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// A JSON string, quoted and escaped as serde_json does.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.push(b'"');
+    let mut run = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        let escape = ESCAPE[usize::from(byte)];
+        if escape == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[run..i]);
+        if escape == b'u' {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]);
+        } else {
+            out.extend_from_slice(&[b'\\', escape]);
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&bytes[run..]);
+    out.push(b'"');
+}
+
+fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => push_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_opt_int<I: itoa::Integer>(out: &mut Vec<u8>, int: &mut itoa::Buffer, n: Option<I>) {
+    match n {
+        Some(n) => out.extend_from_slice(int.format(n).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The `Display` form, quoted (it never needs escaping). IPv4, the common case, by hand; IPv6
+/// through `Display` (its zero-compression rules are not worth repeating).
+fn push_addr(out: &mut Vec<u8>, int: &mut itoa::Buffer, addr: &SocketAddr) {
+    out.push(b'"');
+    match addr {
+        SocketAddr::V4(v4) => {
+            let [a, b, c, d] = v4.ip().octets();
+            out.extend_from_slice(int.format(a).as_bytes());
+            out.push(b'.');
+            out.extend_from_slice(int.format(b).as_bytes());
+            out.push(b'.');
+            out.extend_from_slice(int.format(c).as_bytes());
+            out.push(b'.');
+            out.extend_from_slice(int.format(d).as_bytes());
+            out.push(b':');
+            out.extend_from_slice(int.format(v4.port()).as_bytes());
+        }
+        // Writing into a Vec cannot fail.
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+    out.push(b'"');
+}
+
+/// [`format_ts`], quoted, digit by digit into a stack buffer. Years outside 0..=9999 (which
+/// `format_ts` writes with a sign) take the allocating path.
+fn push_ts(out: &mut Vec<u8>, ts: SystemTime) {
+    let dt = time::OffsetDateTime::from(ts);
+    let Ok(year @ 0..=9999) = u16::try_from(dt.year()) else {
+        push_str(out, &format_ts(ts));
+        return;
+    };
+    let mut line = *b"\"0000-00-00T00:00:00.000Z\"";
+    put_digits(&mut line[1..5], year);
+    put_digits(&mut line[6..8], u8::from(dt.month()).into());
+    put_digits(&mut line[9..11], dt.day().into());
+    put_digits(&mut line[12..14], dt.hour().into());
+    put_digits(&mut line[15..17], dt.minute().into());
+    put_digits(&mut line[18..20], dt.second().into());
+    put_digits(&mut line[21..24], dt.millisecond());
+    out.extend_from_slice(&line);
+}
+
+/// `n`'s last `to.len()` decimal digits, zero-padded.
+fn put_digits(to: &mut [u8], mut n: u16) {
+    for digit in to.iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
     }
 }
 
@@ -370,9 +566,7 @@ fn write_record(
     write_failed: &mut bool,
 ) {
     line.clear();
-    if serde_json::to_writer(&mut *line, record).is_err() {
-        return;
-    }
+    record.write_json(line);
     line.push(b'\n');
     if let Err(err) = out.write_all(line) {
         report_write_error(err, write_failed);
@@ -492,6 +686,283 @@ mod tests {
         assert_eq!(v["rate_limit_remaining"], 4987);
         assert_eq!(v["duration_ms"], 85.25);
         assert_eq!(v["outcome"], "ok");
+    }
+
+    #[test]
+    fn write_json_fixed_record() {
+        let mut r = AuditRecord::new(
+            UNIX_EPOCH + Duration::new(1_795_000_000, 123_999_999),
+            Ulid::from_parts(7, 0),
+            "[2001:db8::1]:443".parse().unwrap(),
+            http::Method::POST,
+        );
+        r.client = Some("ci \"bot\"\\\n\u{1}\u{7f}é😀".into());
+        r.host = Some("api.github.com".into());
+        r.path = Some("/repos/o/r/issues".into());
+        r.owner = Some("o".into());
+        r.credential = CredentialKind::Pat;
+        r.reason = Some(Reason::NoApp);
+        r.hashed_token = Some("ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=".into());
+        r.status = Some(201);
+        r.upstream_status = Some(201);
+        r.github_request_id = Some("C0DE:1234".into());
+        r.rate_limit_remaining = Some(0);
+        r.bytes_out = 18_446_744_073_709_551_615;
+        r.duration_ms = 1.5e-7;
+        r.outcome = Outcome::UpstreamError;
+        let expected = concat!(
+            r#"{"ts":"2026-11-18T11:06:40.123Z","request_id":"00000000070000000000000000","#,
+            // DEL and non-ASCII verbatim.
+            "\"client\":\"ci \\\"bot\\\"\\\\\\n\\u0001\u{7f}é😀\",",
+            r#""client_addr":"[2001:db8::1]:443","#,
+            r#""method":"POST","host":"api.github.com","path":"/repos/o/r/issues","owner":"o","#,
+            r#""repo":null,"credential":"pat","reason":"no_app","app_id":null,"#,
+            r#""installation_id":null,"hashed_token":"ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=","#,
+            r#""status":201,"upstream_status":201,"github_request_id":"C0DE:1234","#,
+            r#""rate_limit_remaining":0,"rate_limit_resource":null,"#,
+            r#""bytes_out":18446744073709551615,"duration_ms":1.5e-7,"outcome":"upstream_error"}"#,
+        );
+        let line = String::from_utf8(r.to_json()).unwrap();
+        assert_eq!(line, expected);
+        assert_eq!(line.as_bytes(), serde_json::to_vec(&r).unwrap());
+    }
+
+    const KINDS: [CredentialKind; 4] = [
+        CredentialKind::App,
+        CredentialKind::Pat,
+        CredentialKind::Anonymous,
+        CredentialKind::None,
+    ];
+    const REASONS: [Reason; 22] = [
+        Reason::Installed,
+        Reason::PublicAccess,
+        Reason::OwnerNotAllowed,
+        Reason::NotInstalled,
+        Reason::Suspended,
+        Reason::RepoNotSelected,
+        Reason::AppError,
+        Reason::NoApp,
+        Reason::NoOwner,
+        Reason::NoCredential,
+        Reason::InvalidPath,
+        Reason::InvalidRequest,
+        Reason::UnknownHost,
+        Reason::AppEndpoint,
+        Reason::ClientPolicy,
+        Reason::ClientUnauthenticated,
+        Reason::ConnectNotSupported,
+        Reason::BodyTooLarge,
+        Reason::UpstreamUnreachable,
+        Reason::UpstreamTls,
+        Reason::UpstreamTimeout,
+        Reason::Overloaded,
+    ];
+    const OUTCOMES: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Refused,
+        Outcome::UpstreamError,
+        Outcome::Aborted,
+    ];
+
+    /// Fails to compile when a variant is added: add it to the lists above too.
+    #[allow(dead_code)]
+    fn lists_are_exhaustive(k: CredentialKind, r: Reason, o: Outcome) {
+        use Reason::*;
+        match k {
+            CredentialKind::App
+            | CredentialKind::Pat
+            | CredentialKind::Anonymous
+            | CredentialKind::None => {}
+        }
+        match r {
+            Installed
+            | PublicAccess
+            | OwnerNotAllowed
+            | NotInstalled
+            | Suspended
+            | RepoNotSelected
+            | AppError
+            | NoApp
+            | NoOwner
+            | NoCredential
+            | InvalidPath
+            | InvalidRequest
+            | UnknownHost
+            | AppEndpoint
+            | ClientPolicy
+            | ClientUnauthenticated
+            | ConnectNotSupported
+            | BodyTooLarge
+            | UpstreamUnreachable
+            | UpstreamTls
+            | UpstreamTimeout
+            | Overloaded => {}
+        }
+        match o {
+            Outcome::Ok | Outcome::Refused | Outcome::UpstreamError | Outcome::Aborted => {}
+        }
+    }
+
+    #[test]
+    fn as_str_is_the_serde_name() {
+        for k in KINDS {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        for r in REASONS {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        for o in OUTCOMES {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+    }
+
+    mod equivalence {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        /// Anything, weighted towards what needs escaping.
+        fn text() -> impl Strategy<Value = String> {
+            let special = select(vec![
+                '"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\0', '\u{1f}', '\u{7f}', '/', 'é',
+                '\u{2028}', '\u{fffd}', '😀',
+            ]);
+            let control = (0u8..0x20).prop_map(char::from);
+            proptest::collection::vec(prop_oneof![any::<char>(), special, control], 0..24)
+                .prop_map(String::from_iter)
+        }
+
+        fn opt_text() -> impl Strategy<Value = Option<String>> {
+            proptest::option::of(text())
+        }
+
+        fn duration() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                any::<f64>(),
+                0.0..100_000.0,
+                select(vec![
+                    0.0,
+                    -0.0,
+                    5e-324,
+                    f64::MIN_POSITIVE,
+                    1e-7,
+                    0.1,
+                    1e16,
+                    1e21,
+                    f64::MAX,
+                    f64::MIN,
+                    f64::NAN,
+                    f64::INFINITY,
+                    f64::NEG_INFINITY,
+                ]),
+            ]
+        }
+
+        fn method() -> impl Strategy<Value = http::Method> {
+            select(vec![
+                http::Method::GET,
+                http::Method::HEAD,
+                http::Method::POST,
+                http::Method::PUT,
+                http::Method::PATCH,
+                http::Method::DELETE,
+                http::Method::OPTIONS,
+                http::Method::CONNECT,
+                http::Method::TRACE,
+                http::Method::from_bytes(b"PURGE").unwrap(),
+                http::Method::from_bytes(b"M-SEARCH").unwrap(),
+            ])
+        }
+
+        fn record() -> impl Strategy<Value = AuditRecord> {
+            // 1970-01-01 to 9999-12-31.
+            let ts = (0u64..253_402_300_800, 0u32..1_000_000_000)
+                .prop_map(|(s, n)| UNIX_EPOCH + Duration::new(s, n));
+            let who = (
+                ts,
+                any::<u128>().prop_map(Ulid),
+                opt_text(),
+                any::<SocketAddr>(),
+                method(),
+            );
+            let what = (opt_text(), opt_text(), opt_text(), opt_text());
+            let how = (
+                select(KINDS.to_vec()),
+                proptest::option::of(select(REASONS.to_vec())),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>()),
+                opt_text().prop_map(|t| t.map(Arc::from)),
+            );
+            let answer = (
+                proptest::option::of(any::<u16>()),
+                proptest::option::of(any::<u16>()),
+                opt_text(),
+                proptest::option::of(any::<u64>()),
+                opt_text(),
+                any::<u64>(),
+                duration(),
+                select(OUTCOMES.to_vec()),
+            );
+            (who, what, how, answer).prop_map(
+                |(
+                    (ts, request_id, client, client_addr, method),
+                    (host, path, owner, repo),
+                    (credential, reason, app_id, installation_id, hashed_token),
+                    (
+                        status,
+                        upstream_status,
+                        github_request_id,
+                        rate_limit_remaining,
+                        rate_limit_resource,
+                        bytes_out,
+                        duration_ms,
+                        outcome,
+                    ),
+                )| AuditRecord {
+                    ts,
+                    request_id,
+                    client,
+                    client_addr,
+                    method,
+                    host,
+                    path,
+                    owner,
+                    repo,
+                    credential,
+                    reason,
+                    app_id,
+                    installation_id,
+                    hashed_token,
+                    status,
+                    upstream_status,
+                    github_request_id,
+                    rate_limit_remaining,
+                    rate_limit_resource,
+                    bytes_out,
+                    duration_ms,
+                    outcome,
+                },
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            #[test]
+            fn write_json_is_serde_json(r in record()) {
+                // Appends: what is already in the buffer stays.
+                let mut line = b"prefix".to_vec();
+                r.write_json(&mut line);
+                let expected = serde_json::to_vec(&r).unwrap();
+                prop_assert_eq!(&line[..6], b"prefix");
+                prop_assert!(
+                    line[6..] == expected[..],
+                    "\n  ours: {}\n serde: {}",
+                    String::from_utf8_lossy(&line[6..]),
+                    String::from_utf8_lossy(&expected)
+                );
+            }
+        }
     }
 
     /// A writer that is slow and shared with the test.
