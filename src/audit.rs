@@ -399,6 +399,23 @@ impl AuditSender {
         }
     }
 
+    /// Queues the record `make` builds if the queue has room now, without a future; `false` (and
+    /// `make` not called) when it is full, for the caller to wait with [`AuditSender::reserve`].
+    pub fn try_send_with(&self, make: impl FnOnce() -> AuditRecord) -> bool {
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(Msg::Record(Box::new(make())));
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(())) => false,
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                drop(make());
+                tracing::error!("audit writer is gone; a record was lost");
+                true
+            }
+        }
+    }
+
     /// Asks the writer to reopen its file (SIGHUP, log rotation).
     pub async fn reopen(&self) {
         let _ = self.tx.send(Msg::Reopen).await;

@@ -37,6 +37,11 @@ static X_RATELIMIT_RESOURCE: HeaderName = HeaderName::from_static("x-ratelimit-r
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, plus the
 /// fixed list. Applies both ways.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and responses carry none of them: one pass comparing names (cheap for
+    // standard names) instead of eight hashed removals on every exchange.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Collected first because removing while iterating `Connection` values is not possible.
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
@@ -60,14 +65,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// The request header rules of §8 and §6: hop-by-hop gone; the client's `Authorization`,
 /// `Proxy-Authorization` and `X-GitHub-Owner` never forwarded (a client never chooses the
 /// credential); `Host` is the upstream's; a default `User-Agent`.
 pub fn prepare_request_headers(headers: &mut HeaderMap, authority: &str) -> Result<(), ProxyError> {
     strip_hop_by_hop(headers);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(&X_GITHUB_OWNER);
+    // Usually absent: look before paying for hashed removals.
+    if headers.keys().any(|name| {
+        name == header::AUTHORIZATION
+            || name == header::PROXY_AUTHORIZATION
+            || name == X_GITHUB_OWNER
+    }) {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::PROXY_AUTHORIZATION);
+        headers.remove(&X_GITHUB_OWNER);
+    }
     let host = HeaderValue::from_str(authority)
         .map_err(|_| ProxyError::InvalidRequest("upstream authority is not a valid Host".into()))?;
     headers.insert(header::HOST, host);

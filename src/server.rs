@@ -863,9 +863,17 @@ impl Body for LoggedBody {
                     }
                     return Poll::Ready(Some(Err(err)));
                 }
-                None => match &this.exchange {
-                    Some(exchange) => {
-                        this.reserving = Some(Box::pin(exchange.shared.audit.clone().reserve()));
+                None => match this.exchange.take() {
+                    Some(mut exchange) => {
+                        // Room in the queue (the usual case): written now, no future to allocate.
+                        let bytes_out = this.bytes_out;
+                        let shared = exchange.shared.clone();
+                        if shared.audit.try_send_with(|| exchange.finish(bytes_out)) {
+                            exchange.disarm();
+                            return Poll::Ready(None);
+                        }
+                        this.reserving = Some(Box::pin(shared.audit.clone().reserve()));
+                        this.exchange = Some(exchange);
                     }
                     None => return Poll::Ready(None),
                 },
