@@ -292,10 +292,28 @@ impl Forwarder<'_> {
             ),
             _ => None,
         };
-        let Some((uri, mut headers)) = retry_parts else {
+        let Some((uri, headers)) = retry_parts else {
             return Ok(response);
         };
         drop(response);
+        // Boxed: the retry (a sleep, a whole new resolution, a second send) is rare; unboxed, its
+        // state would be part of every request's future and copied with it.
+        Box::pin(self.retry(method, uri, headers, body, age, resolution, record)).await
+    }
+
+    /// The one retry after a `401` for an App token, with a freshly resolved credential.
+    #[allow(clippy::too_many_arguments)]
+    async fn retry(
+        &self,
+        method: Method,
+        uri: Uri,
+        mut headers: HeaderMap,
+        mut body: RequestBody,
+        age: Option<Duration>,
+        resolution: &mut Resolution,
+        record: &mut AuditRecord,
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let timeout = self.shared.config.proxy.upstream.response_timeout;
         // A token minted moments ago may not have replicated inside GitHub yet.
         if age.is_some_and(|age| age < Duration::from_secs(5)) {
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -97,7 +97,9 @@ impl ForwardPool {
         loop {
             let (slot, reused, mut sender) = match self.checkout(https, authority).await {
                 (slot, Some(sender)) => (slot, true, sender),
-                (slot, None) => (slot, false, self.connect(https, authority).await?),
+                // Boxed: the connect and handshake state is large and rarely needed; unboxed it
+                // would be part of (and copied with) every request's future.
+                (slot, None) => (slot, false, Box::pin(self.connect(https, authority)).await?),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {

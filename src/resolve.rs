@@ -80,7 +80,7 @@ impl Resolver {
                 app_reasons.push((app.app_id, Reason::NoOwner, None));
                 continue;
             };
-            match self.try_app(integration, app_index, app, owner, repo).await {
+            match Box::pin(self.try_app(integration, app_index, app, owner, repo)).await {
                 Ok((installation_id, token)) => {
                     steps.push(step(
                         "app",
@@ -128,34 +128,36 @@ impl Resolver {
                     Some(format!("only GET and HEAD, not {method}")),
                 ));
             }
-            Some((app_index, app)) => match self.try_public(integration, app_index, app).await {
-                Ok((installation_id, token)) => {
-                    steps.push(step(
-                        "public_access",
-                        Some(app.app_id),
-                        USED,
-                        Some(Reason::PublicAccess),
-                        Some(format!("installation {installation_id}")),
-                    ));
-                    return self.finish(
-                        steps,
-                        CredentialKind::App,
-                        Reason::PublicAccess,
-                        Some(app.app_id),
-                        Some(installation_id),
-                        Some(token),
-                    );
+            Some((app_index, app)) => {
+                match Box::pin(self.try_public(integration, app_index, app)).await {
+                    Ok((installation_id, token)) => {
+                        steps.push(step(
+                            "public_access",
+                            Some(app.app_id),
+                            USED,
+                            Some(Reason::PublicAccess),
+                            Some(format!("installation {installation_id}")),
+                        ));
+                        return self.finish(
+                            steps,
+                            CredentialKind::App,
+                            Reason::PublicAccess,
+                            Some(app.app_id),
+                            Some(installation_id),
+                            Some(token),
+                        );
+                    }
+                    Err((reason, detail)) => {
+                        steps.push(step(
+                            "public_access",
+                            Some(app.app_id),
+                            UNAVAILABLE,
+                            Some(reason),
+                            detail,
+                        ));
+                    }
                 }
-                Err((reason, detail)) => {
-                    steps.push(step(
-                        "public_access",
-                        Some(app.app_id),
-                        UNAVAILABLE,
-                        Some(reason),
-                        detail,
-                    ));
-                }
-            },
+            }
         }
 
         // Why no app served: the reason of steps 3 to 5.

@@ -522,7 +522,7 @@ async fn phases(
                 // The header names the owner: no need to hold the body.
                 (None, None, request_body(body))
             } else {
-                let bytes = read_graphql_body(&parts.headers, body).await?;
+                let bytes = Box::pin(read_graphql_body(&parts.headers, body)).await?;
                 match target::graphql_target(&bytes) {
                     Some((o, r)) if target::is_valid_owner(&o) => {
                         (Some(o), r, RequestBody::Buffered(bytes))
