@@ -17,6 +17,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::oneshot;
 use tower_service::Service;
 
 use crate::upstream::{BoxError, UpstreamBody};
@@ -66,6 +67,11 @@ struct Origin {
     https: bool,
     authority: Box<str>,
     idle: Vec<Idle>,
+    /// Requests waiting for a connection while their own is being opened: a connection coming
+    /// back goes to the first of them instead of the idle list, so a burst is served by the
+    /// connections that free up first rather than each waiting for its own connect (which can
+    /// take seconds when the upstream's accept queue overflows).
+    waiters: std::collections::VecDeque<oneshot::Sender<SendRequest<UpstreamBody>>>,
 }
 
 /// Keep-alive connections per upstream origin (scheme and authority).
@@ -99,7 +105,10 @@ impl ForwardPool {
                 (slot, Some(sender)) => (slot, true, sender),
                 // Boxed: the connect and handshake state is large and rarely needed; unboxed it
                 // would be part of (and copied with) every request's future.
-                (slot, None) => (slot, false, Box::pin(self.connect(https, authority)).await?),
+                (slot, None) => match Box::pin(self.connect_or_wait(slot, https, authority)).await?
+                {
+                    (sender, reused) => (slot, reused, sender),
+                },
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -145,6 +154,7 @@ impl ForwardPool {
                             https,
                             authority: authority.into(),
                             idle: Vec::new(),
+                            waiters: std::collections::VecDeque::new(),
                         });
                         origins.len() - 1
                     }
@@ -170,6 +180,66 @@ impl ForwardPool {
                 .is_ok()
             {
                 return (slot, Some(sender));
+            }
+        }
+    }
+
+    /// A new connection, or one another request hands back first, whichever comes first
+    /// (`true` when it is a reused one). The connect runs as its own task: when a handed-back
+    /// connection wins, the new one still completes and joins the pool (or the next waiter), so
+    /// a burst that outruns the upstream's accept queue is not left waiting on SYN retries.
+    async fn connect_or_wait(
+        self: &Arc<Self>,
+        slot: usize,
+        https: bool,
+        authority: &str,
+    ) -> Result<(SendRequest<UpstreamBody>, bool), SendError> {
+        let (tx, mut handed) = oneshot::channel();
+        {
+            let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(origin) = origins.get_mut(slot) {
+                origin.waiters.retain(|w| !w.is_closed());
+                origin.waiters.push_back(tx);
+            }
+        }
+        let (own_tx, mut own) = oneshot::channel();
+        let pool = self.clone();
+        let target = authority.to_owned();
+        tokio::spawn(async move {
+            match pool.connect(https, &target).await {
+                Ok(sender) => {
+                    if let Err(Ok(sender)) = own_tx.send(Ok(sender)) {
+                        // The request was served by another connection (or went away).
+                        pool.checkin(slot, sender);
+                    }
+                }
+                Err(err) => {
+                    let _ = own_tx.send(Err(err));
+                }
+            }
+        });
+        loop {
+            tokio::select! {
+                biased;
+                got = &mut handed, if !handed.is_terminated() => {
+                    if let Ok(mut sender) = got
+                        && std::future::poll_fn(|cx| sender.poll_ready(cx)).await.is_ok()
+                    {
+                        return Ok((sender, true));
+                    }
+                    // Closed meanwhile: keep waiting for the new connection.
+                }
+                connected = &mut own => {
+                    handed.close();
+                    if let Ok(sender) = handed.try_recv() {
+                        self.checkin(slot, sender);
+                    }
+                    return match connected {
+                        Ok(result) => result.map(|sender| (sender, false)),
+                        // The connect task died (runtime shutting down).
+                        Err(_) => Err(SendError::Connect("the connect task ended".into())),
+                    };
+                }
             }
         }
     }
@@ -202,14 +272,22 @@ impl ForwardPool {
         Ok(sender)
     }
 
-    fn checkin(&self, slot: usize, sender: SendRequest<UpstreamBody>) {
+    fn checkin(&self, slot: usize, mut sender: SendRequest<UpstreamBody>) {
         if sender.is_closed() {
             return;
         }
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(origin) = origins.get_mut(slot)
-            && origin.idle.len() < MAX_IDLE_PER_ORIGIN
-        {
+        let Some(origin) = origins.get_mut(slot) else {
+            return;
+        };
+        // A request still waiting for its own connect takes this one now.
+        while let Some(waiter) = origin.waiters.pop_front() {
+            match waiter.send(sender) {
+                Ok(()) => return,
+                Err(back) => sender = back,
+            }
+        }
+        if origin.idle.len() < MAX_IDLE_PER_ORIGIN {
             origin.idle.push(Idle {
                 sender,
                 since: Instant::now(),
