@@ -229,3 +229,126 @@ async fn admin_endpoints_and_draining() {
     assert_eq!(records[1]["path"], "/repos/acme/slow");
     assert_eq!(records[1]["outcome"], "ok");
 }
+
+/// Upstream that closes every connection after one response, with `Connection: close`.
+#[tokio::test]
+async fn upstream_closing_each_connection_still_serves_every_request() {
+    let upstream = Upstream::start(|_req| async {
+        Response::builder()
+            .header("connection", "close")
+            .body(full("{}"))
+            .unwrap()
+    })
+    .await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    for _ in 0..10 {
+        let r = proxy.get("/repos/acme/widgets").await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // Nothing closed was reused: one connection per request.
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        10
+    );
+    let records = proxy.stop().await;
+    assert_eq!(records.len(), 10);
+    assert!(records.iter().all(|r| r["status"] == 200));
+}
+
+/// A raw upstream that answers one request per connection and then closes it silently (no
+/// `Connection: close`): the pooled connection is stale by the time it is reused.
+async fn silently_closing_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closed_silently_are_not_reused() {
+    let (addr, accepted) = silently_closing_upstream().await;
+    let proxy = TestProxy::start(&pat_config(addr, Some("ghp_testpat"), "")).await;
+    // Back to back and with pauses: either way the pool sees the close (a closed connection, or
+    // one that fails to become ready) and opens a new one; no request fails.
+    for i in 0..20 {
+        let r = proxy.get("/repos/acme/widgets").await;
+        assert_eq!(r.status(), StatusCode::OK, "request {i}");
+        if i % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+    let records = proxy.stop().await;
+    assert_eq!(records.len(), 20);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["status"] == 200 && r["outcome"] == "ok")
+    );
+}
+
+#[tokio::test]
+async fn concurrent_burst_is_served_and_its_connections_are_reused_afterwards() {
+    let upstream = Upstream::start(|_req| async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Response::builder().body(full("{}")).unwrap()
+    })
+    .await;
+    let proxy = std::sync::Arc::new(
+        TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await,
+    );
+    let burst = |n: usize| {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let proxy = proxy.clone();
+            set.spawn(async move { proxy.get("/repos/acme/widgets").await.status() });
+        }
+        set
+    };
+    let mut first = burst(64);
+    while let Some(status) = first.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let opened = upstream
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=64).contains(&opened), "opened {opened}");
+    // The same burst again finds them idle in the pool: no new connection.
+    let mut second = burst(opened);
+    while let Some(status) = second.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        opened
+    );
+    let proxy = std::sync::Arc::try_unwrap(proxy).ok().unwrap();
+    assert_eq!(proxy.stop().await.len(), 64 + opened);
+}
