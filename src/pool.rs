@@ -105,10 +105,11 @@ impl ForwardPool {
                 (slot, Some(sender)) => (slot, true, sender),
                 // Boxed: the connect and handshake state is large and rarely needed; unboxed it
                 // would be part of (and copied with) every request's future.
-                (slot, None) => match Box::pin(self.connect_or_wait(slot, https, authority)).await?
-                {
-                    (sender, reused) => (slot, reused, sender),
-                },
+                (slot, None) => {
+                    let (sender, reused) =
+                        Box::pin(self.connect_or_wait(slot, https, authority)).await?;
+                    (slot, reused, sender)
+                }
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
