@@ -1,5 +1,6 @@
 //! The forwarding connection pool: keep-alive HTTP/1.1 connections to each upstream origin, reused
-//! request after request, with TLS sessions resumed through the shared rustls config.
+//! request after request. Every connection shares the connector's rustls config, so a new TLS
+//! connection resumes an earlier session when it can.
 //!
 //! Why not hyper-util's legacy `Client` (which the GitHub App calls still use): per request it
 //! hashes the origin key, and for a response with a body it spawns a task and a oneshot just to
@@ -294,12 +295,6 @@ impl ForwardPool {
                 since: Instant::now(),
             });
         }
-    }
-
-    /// Idle connections held now (tests, metrics).
-    pub fn idle_count(&self) -> usize {
-        let origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        origins.iter().map(|o| o.idle.len()).sum()
     }
 }
 

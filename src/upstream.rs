@@ -1,6 +1,7 @@
-//! The upstream side's TLS and connections: one rustls config (system roots plus `upstream.caFile`,
-//! session resumption) behind two users: the forwarding pool ([`crate::pool`], the hot path) and a
-//! hyper-util client for the GitHub App calls (installation lookups, token mints, `check`).
+//! The upstream side's TLS and connections: one way to build the connector (system roots plus
+//! `upstream.caFile`, rustls' session cache, TCP_NODELAY, connect timeout) for two users: the
+//! forwarding pool ([`crate::pool`], the hot path) and a hyper-util client for the GitHub App
+//! calls (installation lookups, token mints, `check`).
 
 use std::sync::Arc;
 
