@@ -49,7 +49,8 @@ impl Route {
         }
     }
 
-    /// `scheme://authority/path?query`: the upstream URL (explain, messages).
+    /// `scheme://authority/path?query`: the whole upstream URL (what the routing tests check; the
+    /// request itself carries [`Route::upstream_target`] on a connection to the authority).
     pub fn upstream_uri(&self) -> String {
         match &self.query {
             Some(q) => format!(
@@ -568,6 +569,7 @@ mod tests {
             r.upstream_uri(),
             "https://api.github.com/repos/o/r?per_page=5"
         );
+        assert_eq!(r.upstream_target(), "/repos/o/r?per_page=5");
         assert_eq!(r.integration.index, 0);
     }
 
@@ -708,6 +710,7 @@ mod tests {
         assert_eq!(r.upstream_uri(), "https://ghe.acme.com/api/v3/repos/o/r");
         let r = route(&c, &Method::POST, &"/api/graphql".parse().unwrap()).unwrap();
         assert_eq!(r.upstream_uri(), "https://ghe.acme.com/api/graphql");
+        assert_eq!(r.upstream_target(), "/api/graphql");
     }
 
     #[test]
