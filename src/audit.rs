@@ -744,36 +744,8 @@ mod tests {
         assert_eq!(line.as_bytes(), serde_json::to_vec(&r).unwrap());
     }
 
-    const KINDS: [CredentialKind; 4] = [
-        CredentialKind::App,
-        CredentialKind::Pat,
-        CredentialKind::Anonymous,
-        CredentialKind::None,
-    ];
-    const REASONS: [Reason; 22] = [
-        Reason::Installed,
-        Reason::PublicAccess,
-        Reason::OwnerNotAllowed,
-        Reason::NotInstalled,
-        Reason::Suspended,
-        Reason::RepoNotSelected,
-        Reason::AppError,
-        Reason::NoApp,
-        Reason::NoOwner,
-        Reason::NoCredential,
-        Reason::InvalidPath,
-        Reason::InvalidRequest,
-        Reason::UnknownHost,
-        Reason::AppEndpoint,
-        Reason::ClientPolicy,
-        Reason::ClientUnauthenticated,
-        Reason::ConnectNotSupported,
-        Reason::BodyTooLarge,
-        Reason::UpstreamUnreachable,
-        Reason::UpstreamTls,
-        Reason::UpstreamTimeout,
-        Reason::Overloaded,
-    ];
+    // Every credential kind and reason: the metrics' tables (in discriminant order, tested there).
+    use crate::metrics::{CREDENTIALS as KINDS, REASONS};
     const OUTCOMES: [Outcome; 4] = [
         Outcome::Ok,
         Outcome::Refused,
@@ -781,7 +753,7 @@ mod tests {
         Outcome::Aborted,
     ];
 
-    /// Fails to compile when a variant is added: add it to the lists above too.
+    /// Fails to compile when a variant is added: add it to these lists (and the metrics' tables).
     #[allow(dead_code)]
     fn lists_are_exhaustive(k: CredentialKind, r: Reason, o: Outcome) {
         use Reason::*;

@@ -11,7 +11,7 @@ use dashmap::DashMap;
 
 use crate::credential::{CredentialKind, Reason};
 
-const CREDENTIALS: [CredentialKind; 4] = [
+pub(crate) const CREDENTIALS: [CredentialKind; 4] = [
     CredentialKind::App,
     CredentialKind::Pat,
     CredentialKind::Anonymous,
@@ -19,7 +19,7 @@ const CREDENTIALS: [CredentialKind; 4] = [
 ];
 
 /// Every reason, at the index of its discriminant (checked by a test).
-const REASONS: [Reason; 22] = [
+pub(crate) const REASONS: [Reason; 22] = [
     Reason::Installed,
     Reason::PublicAccess,
     Reason::OwnerNotAllowed,
