@@ -15,34 +15,10 @@ use http::Method;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use server_common::{AUDIT_FIELDS, assert_audit_fields};
 use support::fake_github::{Auth, Scripted};
 use support::secrets::hashed_token;
 use tokio::net::TcpStream;
-
-const FIELDS: [&str; 22] = [
-    "ts",
-    "request_id",
-    "client",
-    "client_addr",
-    "method",
-    "host",
-    "path",
-    "owner",
-    "repo",
-    "credential",
-    "reason",
-    "app_id",
-    "installation_id",
-    "hashed_token",
-    "status",
-    "upstream_status",
-    "github_request_id",
-    "rate_limit_remaining",
-    "rate_limit_resource",
-    "bytes_out",
-    "duration_ms",
-    "outcome",
-];
 
 /// Checks every field: the ones the test knows exactly (`expected`), plus `ts`, `request_id`,
 /// `client_addr` and `duration_ms` against what the client saw.
@@ -53,12 +29,7 @@ fn assert_record(
     window: (SystemTime, SystemTime),
     expected: Value,
 ) {
-    let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
-    let mut sorted_keys = keys.clone();
-    sorted_keys.sort_unstable();
-    let mut fields = FIELDS.to_vec();
-    fields.sort_unstable();
-    assert_eq!(sorted_keys, fields, "{r}");
+    assert_audit_fields(r);
     assert_ts(&r["ts"], window);
     assert_eq!(r["request_id"], reply_id);
     assert_eq!(r["client_addr"], local.to_string());
@@ -72,7 +43,7 @@ fn assert_record(
         assert_eq!(&r[key], value, "field {key} of {r}");
     }
     let known = expected.as_object().unwrap().len() + 4;
-    assert_eq!(known, FIELDS.len(), "the test names every field");
+    assert_eq!(known, AUDIT_FIELDS.len(), "the test names every field");
 }
 
 fn assert_headers_agree(reply: &Reply, r: &Value) {

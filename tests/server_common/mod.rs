@@ -283,3 +283,43 @@ pub async fn wait_until(mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Every audit record field, in the order of SPEC §7.3's table.
+pub const AUDIT_FIELDS: [&str; 22] = [
+    "ts",
+    "request_id",
+    "client",
+    "client_addr",
+    "method",
+    "host",
+    "path",
+    "owner",
+    "repo",
+    "credential",
+    "reason",
+    "app_id",
+    "installation_id",
+    "hashed_token",
+    "status",
+    "upstream_status",
+    "github_request_id",
+    "rate_limit_remaining",
+    "rate_limit_resource",
+    "bytes_out",
+    "duration_ms",
+    "outcome",
+];
+
+/// The record has exactly the SPEC's fields, none missing, none extra.
+pub fn assert_audit_fields(record: &serde_json::Value) {
+    let mut keys: Vec<&str> = record
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    let mut expected = AUDIT_FIELDS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "{record}");
+}
