@@ -206,31 +206,54 @@ static ESCAPE: [u8; 256] = {
     table
 };
 
-/// A JSON string, quoted and escaped as serde_json does.
+/// Whether any of the eight bytes of `word` needs an escape: below 0x20, `"` or `\`. The usual
+/// has-zero-byte / has-less-than bit tricks; exact for "any", which is all that is asked.
+fn word_needs_escape(word: u64) -> bool {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    (below_space | has_zero(quote) | has_zero(backslash)) & HIGH != 0
+}
+
+/// A JSON string, quoted and escaped as serde_json does. Audit strings rarely need an escape, so
+/// they are scanned eight bytes at a time and copied in runs.
 fn push_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.push(b'"');
     let mut run = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !word_needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let byte = bytes[i];
         let escape = ESCAPE[usize::from(byte)];
-        if escape == 0 {
-            continue;
+        if escape != 0 {
+            out.extend_from_slice(&bytes[run..i]);
+            if escape == b'u' {
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(byte >> 4)],
+                    HEX[usize::from(byte & 0xf)],
+                ]);
+            } else {
+                out.extend_from_slice(&[b'\\', escape]);
+            }
+            run = i + 1;
         }
-        out.extend_from_slice(&bytes[run..i]);
-        if escape == b'u' {
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(byte >> 4)],
-                HEX[usize::from(byte & 0xf)],
-            ]);
-        } else {
-            out.extend_from_slice(&[b'\\', escape]);
-        }
-        run = i + 1;
+        i += 1;
     }
     out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
@@ -802,6 +825,39 @@ mod tests {
         }
         for o in OUTCOMES {
             assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+    }
+
+    #[test]
+    fn word_check_flags_exactly_the_bytes_that_need_an_escape() {
+        // Every byte value at every position, among fillers that need none (ASCII, and bytes with
+        // the high bit set, which the bit tricks must not mistake for small ones).
+        for filler in [b'a', 0xff, 0x80, b'!'] {
+            for byte in 0..=255u8 {
+                for at in 0..8 {
+                    let mut word = [filler; 8];
+                    word[at] = byte;
+                    assert_eq!(
+                        word_needs_escape(u64::from_le_bytes(word)),
+                        ESCAPE[usize::from(byte)] != 0,
+                        "byte {byte:#04x} at {at} among {filler:#04x}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_strings_escape_as_serde_json_at_every_offset() {
+        for at in 0..40 {
+            for special in ["\"", "\\", "\n", "\u{1}", "\u{1f}", "é", "\u{7f}"] {
+                let mut text = "x".repeat(at);
+                text.push_str(special);
+                text.push_str(&"y".repeat(40 - at));
+                let mut out = Vec::new();
+                push_str(&mut out, &text);
+                assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
+            }
         }
     }
 

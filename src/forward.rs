@@ -28,51 +28,76 @@ use crate::upstream::{BoxError, UpstreamBody};
 pub static DEFAULT_USER_AGENT: &str = concat!("gh-token-proxy/", env!("CARGO_PKG_VERSION"));
 
 static X_GITHUB_OWNER: HeaderName = HeaderName::from_static("x-github-owner");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_GITHUB_REQUEST_ID: HeaderName = HeaderName::from_static("x-github-request-id");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RATELIMIT_RESOURCE: HeaderName = HeaderName::from_static("x-ratelimit-resource");
 
+/// The hop-by-hop headers of RFC 9110 §7.6.1 (and the two legacy ones) removed both ways, besides
+/// those `Connection` names.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// The position of `name` in [`HOP_BY_HOP`]. Matching the text compiles to a length switch and at
+/// most a couple of short compares, cheaper than comparing against each of the seven names.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "te" => 1,
+        "trailer" => 2,
+        "transfer-encoding" => 3,
+        "upgrade" => 4,
+        "keep-alive" => 5,
+        "proxy-connection" => 6,
+        _ => return None,
+    })
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, plus the
 /// fixed list. Applies both ways.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests and responses carry none of them: one pass comparing names (cheap for
-    // standard names) instead of eight hashed removals on every exchange.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    // Collected first because removing while iterating `Connection` values is not possible.
-    let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        if let Ok(text) = value.to_str() {
-            for token in text.split(',') {
-                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
-                    named.push(name);
-                }
-            }
+    // One pass over the names finds which are present, and only those
+    // are removed: most requests carry none, and a keep-alive upstream's responses only
+    // `Connection: keep-alive`, so hashed removals of all seven on every exchange are wasted.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present[i] = true;
+            any = true;
         }
     }
-    for name in named {
-        headers.remove(name);
+    if !any {
+        return;
     }
-    headers.remove(header::CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+    if present[0] {
+        // Collected first because removing while iterating `Connection` values is not possible.
+        // The usual tokens (`keep-alive`, `close`) name no header that is there: nothing to
+        // collect, nothing allocated.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|text| text.split(','))
+            .map(str::trim)
+            .filter(|token| headers.contains_key(*token))
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
+    }
 }
 
 /// The request header rules of §8 and §6: hop-by-hop gone; the client's `Authorization`,
@@ -105,13 +130,18 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, authority: &str) -> Resu
 /// The credential header for an origin: `Basic x-access-token:…` for git smart HTTP on the web
 /// origin, `Bearer` everywhere else; nothing for anonymous.
 pub fn set_credential(headers: &mut HeaderMap, origin: OriginKind, token: Option<&Token>) {
-    headers.remove(header::AUTHORIZATION);
-    if let Some(token) = token {
-        let value = match origin {
-            OriginKind::Web => token.basic_header(),
-            OriginKind::Api | OriginKind::Raw | OriginKind::Graphql => token.bearer_header(),
-        };
-        headers.insert(header::AUTHORIZATION, value.clone());
+    match token {
+        Some(token) => {
+            let value = match origin {
+                OriginKind::Web => token.basic_header(),
+                OriginKind::Api | OriginKind::Raw | OriginKind::Graphql => token.bearer_header(),
+            };
+            // `insert` replaces every value already there: one lookup, not a removal and an insert.
+            headers.insert(header::AUTHORIZATION, value.clone());
+        }
+        None => {
+            headers.remove(header::AUTHORIZATION);
+        }
     }
 }
 
@@ -513,6 +543,44 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_index_names_each_entry_of_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        for name in [header::ACCEPT, header::AUTHORIZATION, header::LINK] {
+            assert_eq!(hop_by_hop_index(&name), None, "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-te")), None);
+    }
+
+    #[test]
+    fn drops_only_the_hop_by_hop_headers_present() {
+        // A keep-alive upstream's usual response: only `Connection: keep-alive` goes.
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("content-type", "application/json"),
+            ("x-ratelimit-remaining", "4999"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["content-type", "x-ratelimit-remaining"]);
+
+        // Without `Connection`, a fixed one alone still goes; a token naming an absent header
+        // (`close`) removes nothing else.
+        let mut h = map(&[("keep-alive", "timeout=5"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+        let mut h = map(&[
+            ("connection", "Close, , X-Gone"),
+            ("x-gone", "1"),
+            ("te", "x"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
     fn client_credentials_and_owner_hint_never_forwarded() {
         let mut h = map(&[
             ("authorization", "Bearer client-key"),
@@ -552,6 +620,12 @@ mod tests {
         assert_eq!(h["authorization"], "Bearer ghs_x");
         set_credential(&mut h, OriginKind::Raw, None);
         assert!(h.get("authorization").is_none());
+        // Whatever was there before, exactly one value is sent: the proxy's.
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("token a"));
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("token b"));
+        set_credential(&mut h, OriginKind::Api, Some(&token));
+        let values: Vec<_> = h.get_all(header::AUTHORIZATION).iter().collect();
+        assert_eq!(values, ["Bearer ghs_x"]);
     }
 
     #[test]

@@ -45,6 +45,37 @@ const NONE: PathTarget = PathTarget::About {
 /// (raw or encoded) and malformed `%` escapes (an ambiguous escape is decoded differently by
 /// different servers). Allocation-free: it runs on every request.
 pub fn check_path(path: &str) -> Result<(), InvalidPath> {
+    if is_plain_path(path) {
+        return Ok(());
+    }
+    check_path_in_full(path)
+}
+
+/// The usual path, accepted in one cheap pass: only printable ASCII other than `%` and `\`, no
+/// empty segment after the first `/`, no `.` or `..` segment. Everything this accepts
+/// [`check_path_in_full`] accepts too (a property test holds them to it); anything else, valid
+/// or not, is left to that.
+fn is_plain_path(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let dot_segment = |seg: &[u8]| seg == b"." || seg == b"..";
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !(0x21..=0x7e).contains(&b) || b == b'%' || b == b'\\' {
+            return false;
+        }
+        if b == b'/' {
+            let seg = &bytes[start..i];
+            if i > 0 && (seg.is_empty() || dot_segment(seg)) {
+                return false;
+            }
+            start = i + 1;
+        }
+    }
+    !dot_segment(&bytes[start..])
+}
+
+/// [`check_path`] byte by byte, decoding `%` escapes: the rules in full.
+fn check_path_in_full(path: &str) -> Result<(), InvalidPath> {
     let bytes = path.as_bytes();
     let mut i = 0;
     // The current segment is a dot segment when it consists only of 1 or 2 (maybe encoded) dots.
@@ -908,6 +939,34 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn plain_paths_take_the_shortcut_and_the_rest_the_full_check() {
+        for plain in [
+            "/",
+            "",
+            "/repos/acme/widget.git",
+            "/repos/a/b/contents/x.y?",
+            "/.github",
+        ] {
+            assert!(is_plain_path(plain), "{plain}");
+            assert!(check_path(plain).is_ok(), "{plain}");
+        }
+        // Left to the full check, which accepts the first two and rejects the rest.
+        for (other, ok) in [
+            ("/repos/a%2Db/x", true),
+            ("/search/code q", true),
+            ("/repos/../x", false),
+            ("/repos/a/..", false),
+            ("/repos//x", false),
+            ("/repos/a\\b", false),
+            ("/repos/%2e%2E/x", false),
+            ("/a/\u{7f}", false),
+        ] {
+            assert!(!is_plain_path(other), "{other}");
+            assert_eq!(check_path(other).is_ok(), ok, "{other}");
+        }
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics_on_arbitrary_strings(kind in kinds(), p in any::<String>(), q in any::<String>()) {
@@ -921,6 +980,14 @@ mod tests {
             let _ = parse(kind, &s, Some(&s));
             let _ = graphql_target(&b);
             RepoIds::new(4).learn_from_link(0, &s, "o", "r");
+        }
+
+        #[test]
+        fn the_plain_path_shortcut_accepts_only_what_the_full_check_accepts(p in hostile_path()) {
+            if is_plain_path(&p) {
+                prop_assert!(check_path_in_full(&p).is_ok(), "{:?}", p);
+            }
+            prop_assert_eq!(check_path(&p).is_ok(), check_path_in_full(&p).is_ok());
         }
 
         #[test]
