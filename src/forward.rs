@@ -542,6 +542,71 @@ mod tests {
         assert_eq!(left, vec!["accept"]);
     }
 
+    mod strip_matches_the_plain_rule {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        const NAMES: [&str; 9] = [
+            "connection",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "x-a",
+            "x-b",
+            "accept",
+            "close",
+            "trailer",
+        ];
+        const TOKENS: [&str; 8] = [
+            "keep-alive",
+            "Keep-Alive",
+            "close",
+            "X-A",
+            "x-b",
+            "TE",
+            "",
+            " upgrade ",
+        ];
+
+        /// RFC 9110 §7.6.1 as written: every header a `Connection` token names, and the fixed list.
+        fn reference(headers: &HeaderMap) -> Vec<String> {
+            let named: Vec<String> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .flat_map(|v| v.to_str().unwrap().split(','))
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect();
+            let mut left: Vec<String> = headers
+                .keys()
+                .map(|k| k.as_str().to_owned())
+                .filter(|k| !named.contains(k) && !HOP_BY_HOP.iter().any(|h| h == k.as_str()))
+                .collect();
+            left.sort();
+            left
+        }
+
+        proptest! {
+            #[test]
+            fn same_headers_left(
+                pairs in proptest::collection::vec(
+                    (select(NAMES.to_vec()), proptest::collection::vec(select(TOKENS.to_vec()), 1..4)),
+                    0..8,
+                )
+            ) {
+                let mut h = HeaderMap::new();
+                for (name, tokens) in &pairs {
+                    h.append(*name, HeaderValue::from_str(&tokens.join(",")).unwrap());
+                }
+                let expected = reference(&h);
+                strip_hop_by_hop(&mut h);
+                let mut left: Vec<String> = h.keys().map(|k| k.as_str().to_owned()).collect();
+                left.sort();
+                prop_assert_eq!(left, expected);
+            }
+        }
+    }
+
     #[test]
     fn hop_by_hop_index_names_each_entry_of_the_list() {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
