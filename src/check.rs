@@ -273,7 +273,9 @@ fn check_upstream(config: &Config, report: &mut CheckReport) -> Option<UpstreamC
                     "proxy.upstream.caFile",
                     format!("{path} holds no usable PEM certificate"),
                 ),
-                UpstreamSetupError::Tls(_) => ("proxy.upstream", err.to_string()),
+                UpstreamSetupError::Tls(_) | UpstreamSetupError::Verifier(_) => {
+                    ("proxy.upstream", err.to_string())
+                }
             };
             report.push(Severity::Fail, None, key.to_string(), message);
             None

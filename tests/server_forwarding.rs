@@ -274,6 +274,118 @@ async fn tls_failure_is_502_upstream_tls() {
     proxy.stop().await;
 }
 
+/// An HTTPS upstream answering `{}` whose certificate is self-signed and marked as a CA, as
+/// `openssl req -x509` makes them, valid for `names` (expired when `expired`). Returns its
+/// address and its certificate's PEM.
+async fn self_signed_upstream(names: &[&str], expired: bool) -> (std::net::SocketAddr, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    if expired {
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(30);
+        params.not_after = now - time::Duration::days(1);
+    }
+    let cert = params.self_signed(&key).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(full("{}")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, cert.pem())
+}
+
+/// The proxy in front of `upstream` as `https://localhost:PORT`, trusting `ca_pem` (caFile).
+async fn proxy_trusting(
+    upstream: std::net::SocketAddr,
+    ca_pem: &str,
+) -> (TestProxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let yaml = format!(
+        "integrations:\n  github:\n    - host: github.com\n      apiBaseUrl: https://localhost:{}\n      token: ghp_testpat\nproxy:\n  listen: 127.0.0.1:0\n  upstream:\n    caFile: {}\n",
+        upstream.port(),
+        ca_file.display()
+    );
+    (TestProxy::start(&yaml).await, dir)
+}
+
+#[tokio::test]
+async fn self_signed_ca_certificate_named_in_ca_file_is_trusted_as_the_server_certificate() {
+    // What `openssl req -x509` makes (CA:TRUE), listed in caFile: OpenSSL clients accept it, and
+    // so does the proxy; WebPKI alone would refuse it (`CaUsedAsEndEntity`).
+    let (upstream, pem) = self_signed_upstream(&["localhost"], false).await;
+    let (proxy, _dir) = proxy_trusting(upstream, &pem).await;
+    for _ in 0..2 {
+        let response = proxy.get("/repos/acme/widgets").await;
+        assert_eq!(response.status(), StatusCode::OK, "{response:?}");
+        assert_eq!(response.body().as_ref(), b"{}");
+    }
+    let records = proxy.stop().await;
+    assert!(records.iter().all(|r| r["outcome"] == "ok"), "{records:?}");
+}
+
+/// A `502 upstream_tls` whose message says `why`.
+fn assert_tls_failure(response: &Response<Bytes>, why: &str) {
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{response:?}");
+    let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(body["reason"], "upstream_tls", "{body}");
+    assert!(body["message"].as_str().unwrap().contains(why), "{body}");
+}
+
+#[tokio::test]
+async fn self_signed_ca_certificate_is_refused_for_another_name_expired_or_not_listed() {
+    // Trusting the listed certificate as it stands still checks its name and its dates, and a CA
+    // certificate the operator did not list is refused as before.
+    let (wrong_name, pem) = self_signed_upstream(&["other.example"], false).await;
+    let (proxy, _dir) = proxy_trusting(wrong_name, &pem).await;
+    assert_tls_failure(
+        &proxy.get("/repos/acme/widgets").await,
+        "not valid for name",
+    );
+    proxy.stop().await;
+
+    let (expired, pem) = self_signed_upstream(&["localhost"], true).await;
+    let (proxy, _dir) = proxy_trusting(expired, &pem).await;
+    assert_tls_failure(&proxy.get("/repos/acme/widgets").await, "expired");
+    proxy.stop().await;
+
+    let (unlisted, _) = self_signed_upstream(&["localhost"], false).await;
+    let (_, other_pem) = self_signed_upstream(&["localhost"], false).await;
+    let (proxy, _dir) = proxy_trusting(unlisted, &other_pem).await;
+    assert_tls_failure(
+        &proxy.get("/repos/acme/widgets").await,
+        "does not list; list that exact certificate there",
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn slow_upstream_is_504_after_response_timeout() {
     let upstream = Upstream::start(|_req| async {
