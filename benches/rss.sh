@@ -33,7 +33,12 @@ class H(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(BODY)
     def log_message(self, *a): pass
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+class Server(ThreadingHTTPServer):
+    # socketserver's default backlog is 5: a burst of 1,000 upstream connects then overflows the
+    # accept queue, and some connections wait a minute on SYN/ACK retransmits. That measures
+    # python's listen(), not the proxy.
+    request_queue_size = 4096
+Server(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
 python3 "$D/upstream.py" "$UP" & PIDS+=($!)
 
@@ -92,7 +97,9 @@ PY_PID=$!; PIDS+=($PY_PID)
 for _ in $(seq 300); do [ -f "$D/held" ] && break; sleep 0.1; done
 sleep 1
 held=$(ss -tnH state established "sport = :$PX" | wc -l)
+upstream=$(ss -tnH state established "dport = :$UP" | wc -l)
 echo "holding $held idle keep-alive client connections: VmRSS $(rss)"
+echo "  (and $upstream pooled upstream connections: each concurrent request opened its own)"
 awk '/VmHWM/{printf "peak (VmHWM) so far:                  %.1f MiB\n", $2/1024}' "/proc/$PID/status"
 wait "$PY_PID" 2>/dev/null || true
 echo "audit records with status 200: $(grep -c '"status":200' "$D/audit.jsonl") (expected $((CONNS + 2)): two curls and one request per connection)"
