@@ -99,7 +99,7 @@ sleep 1
 held=$(ss -tnH state established "sport = :$PX" | wc -l)
 upstream=$(ss -tnH state established "dport = :$UP" | wc -l)
 echo "holding $held idle keep-alive client connections: VmRSS $(rss)"
-echo "  (and $upstream pooled upstream connections: each concurrent request opened its own)"
+echo "  (and $upstream idle upstream connections in the pool: the burst opened one per request, at most 256 per origin stay)"
 awk '/VmHWM/{printf "peak (VmHWM) so far:                  %.1f MiB\n", $2/1024}' "/proc/$PID/status"
 wait "$PY_PID" 2>/dev/null || true
 echo "audit records with status 200: $(grep -c '"status":200' "$D/audit.jsonl") (expected $((CONNS + 2)): two curls and one request per connection)"
