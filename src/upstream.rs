@@ -139,7 +139,7 @@ impl std::fmt::Display for CaAsServer {
 // rustls shows an `OtherError` with `Debug`: the message, not the type's name, is what helps.
 impl std::fmt::Debug for CaAsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(Self::MESSAGE)
+        std::fmt::Display::fmt(self, f)
     }
 }
 

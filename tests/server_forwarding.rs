@@ -364,26 +364,22 @@ async fn self_signed_ca_certificate_is_refused_for_another_name_expired_or_not_l
     // Trusting the listed certificate as it stands still checks its name and its dates, and a CA
     // certificate the operator did not list is refused as before.
     let (wrong_name, pem) = self_signed_upstream(&["other.example"], false).await;
-    let (proxy, _dir) = proxy_trusting(wrong_name, &pem).await;
-    assert_tls_failure(
-        &proxy.get("/repos/acme/widgets").await,
-        "not valid for name",
-    );
-    proxy.stop().await;
-
-    let (expired, pem) = self_signed_upstream(&["localhost"], true).await;
-    let (proxy, _dir) = proxy_trusting(expired, &pem).await;
-    assert_tls_failure(&proxy.get("/repos/acme/widgets").await, "expired");
-    proxy.stop().await;
-
+    let (expired, expired_pem) = self_signed_upstream(&["localhost"], true).await;
     let (unlisted, _) = self_signed_upstream(&["localhost"], false).await;
     let (_, other_pem) = self_signed_upstream(&["localhost"], false).await;
-    let (proxy, _dir) = proxy_trusting(unlisted, &other_pem).await;
-    assert_tls_failure(
-        &proxy.get("/repos/acme/widgets").await,
-        "does not list; list that exact certificate there",
-    );
-    proxy.stop().await;
+    for (upstream, ca_pem, why) in [
+        (wrong_name, pem, "not valid for name"),
+        (expired, expired_pem, "expired"),
+        (
+            unlisted,
+            other_pem,
+            "does not list; list that exact certificate there",
+        ),
+    ] {
+        let (proxy, _dir) = proxy_trusting(upstream, &ca_pem).await;
+        assert_tls_failure(&proxy.get("/repos/acme/widgets").await, why);
+        proxy.stop().await;
+    }
 }
 
 #[tokio::test]
