@@ -62,9 +62,9 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, plus the
 /// fixed list. Applies both ways.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names finds which are present, and only those
-    // are removed: most requests carry none, and a keep-alive upstream's responses only
-    // `Connection: keep-alive`, so hashed removals of all seven on every exchange are wasted.
+    // One pass over the names finds which are present, and only those are removed: most
+    // requests carry none, and a keep-alive upstream's responses only `Connection: keep-alive`,
+    // so hashed removals of all seven on every exchange would be wasted.
     let mut present = [false; HOP_BY_HOP.len()];
     let mut any = false;
     for name in headers.keys() {
