@@ -6,7 +6,8 @@
 //! hashes the origin key, and for a response with a body it spawns a task and a oneshot just to
 //! put the connection back once the body is read. Here the connection goes back from the response
 //! body itself when it ends ([`Checkin`]), so the request path spawns nothing; an idle list per
-//! origin under one short lock is all the sharing there is.
+//! origin under one short lock is all the sharing there is. A reaper task closes connections left
+//! idle past the idle timeout, so a quiet proxy does not hold sockets to GitHub indefinitely.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -26,8 +27,12 @@ use crate::upstream::{BoxError, UpstreamBody};
 /// Idle connections kept per origin; more are closed when they come back.
 const MAX_IDLE_PER_ORIGIN: usize = 256;
 /// An idle connection older than this is closed instead of reused (GitHub's side may have
-/// dropped it silently; a fresh one costs less than a failed request).
+/// dropped it silently; a fresh one costs less than a failed request), and the reaper closes it
+/// even when no request comes to reuse it.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The reaper looks at the idle lists this many times per idle timeout, so a connection is
+/// closed at most a third of the timeout late.
+const REAPS_PER_TIMEOUT: u32 = 3;
 /// A request that fails on a reused connection before any of it was written (the upstream closed
 /// the connection while it sat idle) is tried again on another one, at most this many times.
 const STALE_RETRIES: usize = 3;
@@ -78,6 +83,9 @@ struct Origin {
 /// Keep-alive connections per upstream origin (scheme and authority).
 pub struct ForwardPool {
     connector: HttpsConnector<HttpConnector>,
+    idle_timeout: Duration,
+    /// Set when the first origin is added and the reaper task started.
+    reaping: std::sync::atomic::AtomicBool,
     /// One entry per origin ever used: bounded by the configured integrations' hosts, so a
     /// linear search beats hashing the authority on every request.
     origins: Mutex<Vec<Origin>>,
@@ -85,9 +93,49 @@ pub struct ForwardPool {
 
 impl ForwardPool {
     pub fn new(connector: HttpsConnector<HttpConnector>) -> Self {
+        Self::with_idle_timeout(connector, IDLE_TIMEOUT)
+    }
+
+    fn with_idle_timeout(connector: HttpsConnector<HttpConnector>, idle_timeout: Duration) -> Self {
         ForwardPool {
             connector,
+            idle_timeout,
+            reaping: std::sync::atomic::AtomicBool::new(false),
             origins: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts the task that closes idle connections past the idle timeout. Checkouts take the
+    /// most recent connection first, so under light steady traffic the oldest would otherwise
+    /// stay open (and hold a socket to GitHub) for as long as the process runs. The task holds
+    /// only a weak reference: it ends at its next tick after the pool is dropped.
+    fn start_reaper(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.reaping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        let every = self.idle_timeout / REAPS_PER_TIMEOUT;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.reap();
+            }
+        });
+    }
+
+    /// Drops the idle connections that are closed or past the idle timeout: dropping the last
+    /// `SendRequest` of a connection ends its task, which closes the socket.
+    fn reap(&self) {
+        let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
+        for origin in origins.iter_mut() {
+            origin.idle.retain(|idle| {
+                !idle.sender.is_closed() && idle.since.elapsed() < self.idle_timeout
+            });
+            origin.waiters.retain(|w| !w.is_closed());
         }
     }
 
@@ -139,7 +187,7 @@ impl ForwardPool {
     /// The most recently returned idle connection that is still open and ready, and the origin's
     /// slot (created on first use).
     async fn checkout(
-        &self,
+        self: &Arc<Self>,
         https: bool,
         authority: &str,
     ) -> (usize, Option<SendRequest<UpstreamBody>>) {
@@ -152,6 +200,7 @@ impl ForwardPool {
                 {
                     Some(slot) => slot,
                     None => {
+                        self.start_reaper();
                         origins.push(Origin {
                             https,
                             authority: authority.into(),
@@ -164,7 +213,7 @@ impl ForwardPool {
                 let mut candidate = None;
                 if let Some(origin) = origins.get_mut(slot) {
                     while let Some(idle) = origin.idle.pop() {
-                        if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+                        if !idle.sender.is_closed() && idle.since.elapsed() < self.idle_timeout {
                             candidate = Some(idle.sender);
                             break;
                         }
@@ -359,5 +408,131 @@ impl Drop for PooledBody {
         {
             checkin.release();
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    /// A raw upstream on loopback: answers every request on a connection with a two-byte body
+    /// and reports each accepted connection, and each connection the pool closed, on `events`.
+    async fn upstream() -> (String, mpsc::UnboundedReceiver<&'static str>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                let _ = tx.send("accepted");
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => {
+                                let _ = tx.send("closed");
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (authority, rx)
+    }
+
+    fn pool(idle_timeout: Duration) -> Arc<ForwardPool> {
+        let config = crate::config::UpstreamConfig {
+            ca_file: None,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+        };
+        let connector = crate::upstream::connector(&config).unwrap();
+        Arc::new(ForwardPool::with_idle_timeout(connector, idle_timeout))
+    }
+
+    async fn get(pool: &Arc<ForwardPool>, authority: &str) {
+        let request = Request::builder()
+            .uri("/x")
+            .header(http::header::HOST, authority)
+            .body(UpstreamBody::new(Empty::new().map_err(|e| match e {})))
+            .unwrap();
+        let response = pool.send(false, authority, request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    fn idle_count(pool: &ForwardPool) -> usize {
+        let origins = pool.origins.lock().unwrap();
+        origins.iter().map(|o| o.idle.len()).sum()
+    }
+
+    async fn next(events: &mut mpsc::UnboundedReceiver<&'static str>) -> &'static str {
+        tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("no upstream event within 10 s")
+            .expect("upstream gone")
+    }
+
+    #[tokio::test]
+    async fn idle_connections_past_the_timeout_are_closed_without_a_request_to_reuse_them() {
+        let (authority, mut events) = upstream().await;
+        let pool = pool(Duration::from_millis(300));
+        get(&pool, &authority).await;
+        assert_eq!(next(&mut events).await, "accepted");
+        // Back in the pool once its body was read.
+        assert_eq!(idle_count(&pool), 1);
+        // No further request: the reaper alone closes it, and the upstream sees the close.
+        assert_eq!(next(&mut events).await, "closed");
+        assert_eq!(idle_count(&pool), 0);
+        // The pool still serves, on a new connection.
+        get(&pool, &authority).await;
+        assert_eq!(next(&mut events).await, "accepted");
+    }
+
+    #[tokio::test]
+    async fn connections_within_the_idle_timeout_are_reused_not_reaped() {
+        let (authority, mut events) = upstream().await;
+        let pool = pool(Duration::from_secs(600));
+        for _ in 0..5 {
+            get(&pool, &authority).await;
+        }
+        assert_eq!(next(&mut events).await, "accepted");
+        // Several reaper periods of a short-timeout pool would have passed by now; this one's
+        // period is 200 s, and the connection must simply stay.
+        pool.reap();
+        assert_eq!(idle_count(&pool), 1);
+        assert!(events.try_recv().is_err(), "one connection, never closed");
+    }
+
+    #[tokio::test]
+    async fn the_reaper_ends_when_the_pool_is_dropped() {
+        let (authority, mut events) = upstream().await;
+        let pool = pool(Duration::from_millis(60));
+        get(&pool, &authority).await;
+        assert_eq!(next(&mut events).await, "accepted");
+        let weak = Arc::downgrade(&pool);
+        drop(pool);
+        // Dropping the pool drops its idle connections at once.
+        assert_eq!(next(&mut events).await, "closed");
+        assert!(
+            weak.upgrade().is_none(),
+            "the reaper keeps no strong reference"
+        );
     }
 }

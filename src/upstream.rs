@@ -58,7 +58,9 @@ pub fn build_pool(config: &UpstreamConfig) -> Result<crate::pool::ForwardPool, U
 }
 
 /// TCP (no Nagle, connect timeout) then TLS when the origin is `https`.
-fn connector(config: &UpstreamConfig) -> Result<HttpsConnector<HttpConnector>, UpstreamSetupError> {
+pub(crate) fn connector(
+    config: &UpstreamConfig,
+) -> Result<HttpsConnector<HttpConnector>, UpstreamSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     let mut pinned: Vec<CertificateDer<'static>> = Vec::new();
     // A machine without system roots still works with caFile (tests, air-gapped GHE).
