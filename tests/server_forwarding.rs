@@ -278,6 +278,20 @@ async fn tls_failure_is_502_upstream_tls() {
 /// `openssl req -x509` makes them, valid for `names` (expired when `expired`). Returns its
 /// address and its certificate's PEM.
 async fn self_signed_upstream(names: &[&str], expired: bool) -> (std::net::SocketAddr, String) {
+    let (addr, pem, _) = tls_upstream(names, expired, true).await;
+    (addr, pem)
+}
+
+/// Handshake kinds (full or resumed) of the connections an upstream accepted, in order.
+type Handshakes = Arc<std::sync::Mutex<Vec<rustls::HandshakeKind>>>;
+
+/// [`self_signed_upstream`], also recording how each TLS connection was established, and
+/// closing each connection after one response unless `keep_alive`.
+async fn tls_upstream(
+    names: &[&str],
+    expired: bool,
+    keep_alive: bool,
+) -> (std::net::SocketAddr, String, Handshakes) {
     let key = rcgen::KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let mut params = rcgen::CertificateParams::new(names).unwrap();
@@ -301,23 +315,30 @@ async fn self_signed_upstream(names: &[&str], expired: bool) -> (std::net::Socke
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let handshakes = Handshakes::default();
+    let seen = handshakes.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
+                if let Some(kind) = tls.get_ref().1.handshake_kind() {
+                    seen.lock().unwrap().push(kind);
+                }
                 let service = hyper::service::service_fn(|_req| async {
                     Ok::<_, std::convert::Infallible>(Response::new(full("{}")))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                     .await;
             });
         }
     });
-    (addr, cert.pem())
+    (addr, cert.pem(), handshakes)
 }
 
 /// The proxy in front of `upstream` as `https://localhost:PORT`, trusting `ca_pem` (caFile).
@@ -349,6 +370,29 @@ async fn self_signed_ca_certificate_named_in_ca_file_is_trusted_as_the_server_ce
     }
     let records = proxy.stop().await;
     assert!(records.iter().all(|r| r["outcome"] == "ok"), "{records:?}");
+}
+
+#[tokio::test]
+async fn new_upstream_tls_connections_resume_the_previous_session() {
+    // The upstream closes every connection after one response, so each request needs a new TLS
+    // connection: the first is a full handshake, the following ones resume its session (the
+    // pool's connections share one rustls client config and so its session cache).
+    let (upstream, pem, handshakes) = tls_upstream(&["localhost"], false, false).await;
+    let (proxy, _dir) = proxy_trusting(upstream, &pem).await;
+    for _ in 0..4 {
+        let response = proxy.get("/repos/acme/widgets").await;
+        assert_eq!(response.status(), StatusCode::OK, "{response:?}");
+    }
+    proxy.stop().await;
+    let kinds = handshakes.lock().unwrap().clone();
+    assert_eq!(kinds.len(), 4, "one connection per request: {kinds:?}");
+    assert_eq!(kinds[0], rustls::HandshakeKind::Full, "{kinds:?}");
+    assert!(
+        kinds[1..]
+            .iter()
+            .all(|k| *k == rustls::HandshakeKind::Resumed),
+        "{kinds:?}"
+    );
 }
 
 /// A `502 upstream_tls` whose message says `why`.
