@@ -513,8 +513,7 @@ mod tests {
             get(&pool, &authority).await;
         }
         assert_eq!(next(&mut events).await, "accepted");
-        // Several reaper periods of a short-timeout pool would have passed by now; this one's
-        // period is 200 s, and the connection must simply stay.
+        // Five requests, one connection. A reap well within the 600 s timeout keeps it.
         pool.reap();
         assert_eq!(idle_count(&pool), 1);
         assert!(events.try_recv().is_err(), "one connection, never closed");
