@@ -130,10 +130,11 @@ impl ForwardPool {
     /// Drops the idle connections that are closed or past the idle timeout: dropping the last
     /// `SendRequest` of a connection ends its task, which closes the socket.
     fn reap(&self) {
+        let now = Instant::now();
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
         for origin in origins.iter_mut() {
             origin.idle.retain(|idle| {
-                !idle.sender.is_closed() && idle.since.elapsed() < self.idle_timeout
+                !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout
             });
             origin.waiters.retain(|w| !w.is_closed());
         }

@@ -92,8 +92,7 @@ pub(crate) fn connector(
         builder.with_root_certificates(roots).with_no_client_auth()
     } else {
         let webpki =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()?;
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(CaFileVerifier { webpki, pinned }))
