@@ -60,8 +60,9 @@ pub struct AuditRecord {
     pub client: Option<String>,
     #[serde(serialize_with = "ser_display")]
     pub client_addr: SocketAddr,
-    #[serde(serialize_with = "ser_method")]
-    pub method: http::Method,
+    /// `None` only for a request whose head could not be parsed (its method is unknown).
+    #[serde(serialize_with = "ser_opt_method")]
+    pub method: Option<http::Method>,
     pub host: Option<String>,
     pub path: Option<String>,
     pub owner: Option<String>,
@@ -95,7 +96,7 @@ impl AuditRecord {
             request_id,
             client: None,
             client_addr,
-            method,
+            method: Some(method),
             host: None,
             path: None,
             owner: None,
@@ -113,6 +114,14 @@ impl AuditRecord {
             bytes_out: 0,
             duration_ms: 0.0,
             outcome: Outcome::Aborted,
+        }
+    }
+
+    /// A record for a request whose head could not be parsed: no method is known.
+    pub fn unparsed(ts: SystemTime, request_id: Ulid, client_addr: SocketAddr) -> Self {
+        AuditRecord {
+            method: None,
+            ..AuditRecord::new(ts, request_id, client_addr, http::Method::GET)
         }
     }
 
@@ -138,7 +147,7 @@ impl AuditRecord {
         out.extend_from_slice(b",\"client_addr\":");
         push_addr(out, &mut int, &self.client_addr);
         out.extend_from_slice(b",\"method\":");
-        push_str(out, self.method.as_str());
+        push_opt_str(out, self.method.as_ref().map(http::Method::as_str));
         out.extend_from_slice(b",\"host\":");
         push_opt_str(out, self.host.as_deref());
         out.extend_from_slice(b",\"path\":");
@@ -355,8 +364,11 @@ fn ser_display<S: Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok
     s.collect_str(v)
 }
 
-fn ser_method<S: Serializer>(m: &http::Method, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(m.as_str())
+fn ser_opt_method<S: Serializer>(m: &Option<http::Method>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => s.serialize_str(m.as_str()),
+        None => s.serialize_none(),
+    }
 }
 
 /// Where records go.
@@ -468,7 +480,7 @@ pub struct AuditLog {
 
 /// The writer could not open its sink.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open audit log {path}: {source}")]
+#[error("proxy.audit.path: cannot open {path}: {source}")]
 pub struct AuditOpenError {
     pub path: String,
     pub source: io::Error,
@@ -928,7 +940,7 @@ mod tests {
                 any::<u128>().prop_map(Ulid),
                 opt_text(),
                 any::<SocketAddr>(),
-                method(),
+                proptest::option::of(method()),
             );
             let what = (opt_text(), opt_text(), opt_text(), opt_text());
             let how = (

@@ -81,6 +81,8 @@ impl ConfigArgs {
         let paths = if self.paths.is_empty() {
             vec![
                 std::env::var_os("GH_TOKEN_PROXY_CONFIG")
+                    // Set but empty (`GH_TOKEN_PROXY_CONFIG=` in a unit file) means unset.
+                    .filter(|v| !v.is_empty())
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from("config/gh-token-proxy.yaml")),
             ]
@@ -95,11 +97,35 @@ impl ConfigArgs {
                 Ok(config)
             }
             Err(err) => {
-                tracing::error!("bad config: {err}");
-                eprintln!("gh-token-proxy: bad config: {err}");
+                error(format_args!("bad config: {err}"));
                 Err(ExitCode::from(2))
             }
         }
+    }
+}
+
+/// Whether diagnostics are JSON (`LOG_FORMAT=json`).
+pub fn json_logs() -> bool {
+    std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"))
+}
+
+/// An error that ends a command, for the operator on stderr. Under `LOG_FORMAT=json` it is one
+/// `tracing` event like every other diagnostic, so a log pipeline never meets a plain line; else
+/// a plain `gh-token-proxy: ...` line, shown whatever `RUST_LOG` filters.
+pub fn error(message: std::fmt::Arguments<'_>) {
+    if json_logs() {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("gh-token-proxy: {message}");
+    }
+}
+
+/// As [`error`], for a warning that does not end the command.
+pub fn warning(message: std::fmt::Arguments<'_>) {
+    if json_logs() {
+        tracing::warn!("{message}");
+    } else {
+        eprintln!("gh-token-proxy: {message}");
     }
 }
 
@@ -110,7 +136,7 @@ pub fn init_telemetry() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
+    if json_logs() {
         builder.json().init();
     } else {
         builder.init();

@@ -369,8 +369,10 @@ fn resolve_path_at(proxy: &mut Value, keys: &[&str], base_dir: &Path) {
             None => return,
         }
     }
+    // Blank is left for validation to refuse with its own message, not turned into a directory.
     if let Value::String(s) = node
-        && s != "-"
+        && s.trim() != "-"
+        && !s.trim().is_empty()
     {
         *s = resolve_relative(base_dir, s).to_string_lossy().into_owned();
     }
@@ -683,6 +685,27 @@ impl<'a> Node<'a> {
 }
 
 fn build(tree: &Value, notes: Notes) -> Result<Config, ConfigError> {
+    // A key an unset variable removed may be the one the error is about ("apiBaseUrl: required"):
+    // the warning naming the variable would never be logged, so the error says it.
+    let unset = notes.unset.clone();
+    build_checked(tree, notes).map_err(|err| match err {
+        ConfigError::Invalid { key, mut message } => {
+            for (path, var) in &unset {
+                let related = key == *path
+                    || key
+                        .strip_prefix(path.as_str())
+                        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['));
+                if related && !message.contains(var.as_str()) {
+                    message.push_str(&format!(" ({var} is not set, so {path} is absent)"));
+                }
+            }
+            ConfigError::Invalid { key, message }
+        }
+        other => other,
+    })
+}
+
+fn build_checked(tree: &Value, notes: Notes) -> Result<Config, ConfigError> {
     let root = Node::new(tree, "config")?;
     let integrations = match root.child("integrations")? {
         Some(node) => match node.list("github")? {
@@ -1819,6 +1842,39 @@ proxy:
         let c = Config::load(&[a, b], &|_| None).unwrap();
         assert_eq!(c.proxy.default_owner.as_deref(), Some("acme"));
         assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn an_error_about_a_key_an_unset_variable_removed_names_the_variable() {
+        let e = Config::from_yaml(
+            "integrations:\n  github:\n    - host: ghe.example.com\n      apiBaseUrl: ${GHE_API}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("integrations.github[0].apiBaseUrl: "), "{e}");
+        assert!(e.contains("GHE_API is not set"), "{e}");
+        let e = Config::from_yaml(
+            "integrations:\n  github:\n    - apps:\n        - appId: ${APP_ID}\n          privateKey: x\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("APP_ID is not set"), "{e}");
+        // An unrelated unset variable is not mentioned.
+        let e = Config::from_yaml(
+            "integrations:\n  github:\n    - host: ghe.example.com\n      token: ${T}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("T is not set"), "{e}");
+    }
+
+    #[test]
+    fn a_blank_audit_path_is_refused_wherever_the_file_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "proxy:\n  audit:\n    path: \"\"\n").unwrap();
+        let e = Config::load(&[path], &|_| None).unwrap_err().to_string();
+        assert!(e.contains("proxy.audit.path: must be a file path"), "{e}");
     }
 
     #[test]

@@ -148,8 +148,13 @@ pub async fn explain_with_repo_ids(
     let route = match crate::route::route(config, method, &uri) {
         Ok(route) => route,
         // `http://proxy:8080/repos/o/r`: the proxy's own address; what matters is the path, as
-        // the proxy would see it in origin form.
-        Err(err) if err.reason == Reason::UnknownHost && uri.authority().is_some() => {
+        // the proxy would see it in origin form. Any other unconfigured host is what the proxy
+        // itself would refuse (`unknown_host`), and explain must say the same as the audit record.
+        Err(err)
+            if err.reason == Reason::UnknownHost
+                && uri.authority().is_some()
+                && is_proxy_address(config, &uri) =>
+        {
             let origin_form: http::Uri = uri
                 .path_and_query()
                 .map(|pq| pq.as_str())
@@ -230,6 +235,29 @@ pub async fn explain_with_repo_ids(
         owner_from_target,
         request: format!("{method} {url}"),
     })
+}
+
+/// Whether `uri` names the proxy itself rather than a GitHub host: its authority is
+/// `proxy.publicUrl`'s, or its port (explicit or the scheme's) is the one `proxy.listen` binds,
+/// as in `http://proxy:8080/...` (the name a client uses for the proxy is not in the config).
+fn is_proxy_address(config: &Config, uri: &http::Uri) -> bool {
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    if let Some(public) = config.proxy.public_url.as_deref()
+        && let Ok(public) = public.parse::<http::Uri>()
+        && public
+            .authority()
+            .is_some_and(|a| a.as_str().eq_ignore_ascii_case(authority.as_str()))
+    {
+        return true;
+    }
+    let port = authority.port_u16().or_else(|| match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
+        Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
+        _ => None,
+    });
+    port == Some(config.proxy.listen.port())
 }
 
 fn mark(result: &str) -> &'static str {
@@ -342,22 +370,22 @@ pub async fn explain_main(
         Some(name) => match config.proxy.clients.iter().position(|c| c.name == name) {
             Some(index) => Some(index),
             None => {
-                eprintln!(
-                    "gh-token-proxy: --client {name}: no client of that name in proxy.clients"
-                );
+                crate::cli::error(format_args!(
+                    "--client {name}: no client of that name in proxy.clients"
+                ));
                 return ExitCode::from(2);
             }
         },
     };
     let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
-        eprintln!("gh-token-proxy: --method {method:?} is not an HTTP method");
+        crate::cli::error(format_args!("--method {method:?} is not an HTTP method"));
         return ExitCode::from(2);
     };
     let config = Arc::new(config);
     let upstream = match crate::upstream::build(&config.proxy.upstream) {
         Ok(upstream) => upstream,
         Err(err) => {
-            eprintln!("gh-token-proxy: {err}");
+            crate::cli::error(format_args!("{err}"));
             return ExitCode::from(2);
         }
     };
@@ -374,7 +402,7 @@ pub async fn explain_main(
         match serde_json::to_string_pretty(&explanation) {
             Ok(text) => println!("{text}"),
             Err(err) => {
-                eprintln!("gh-token-proxy: {err}");
+                crate::cli::error(format_args!("{err}"));
                 return ExitCode::from(1);
             }
         }

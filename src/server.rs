@@ -170,13 +170,17 @@ impl Server {
                         tokio::spawn(shed(shared.clone(), stream, peer));
                         continue;
                     };
-                    let shared = shared.clone();
-                    let service = service_fn(move |req| handle(shared.clone(), req, peer));
+                    let for_service = shared.clone();
+                    let service = service_fn(move |req| handle(for_service.clone(), req, peer));
                     let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    let shared = shared.clone();
                     connections.spawn(async move {
                         let _permit = permit;
                         if let Err(err) = conn.await {
                             tracing::debug!(%peer, "connection ended: {err}");
+                            if let Some(status) = rejected_head_status(&err) {
+                                record_rejected_head(&shared, peer, status, &err).await;
+                            }
                         }
                     });
                 }
@@ -226,8 +230,9 @@ pub async fn serve_main(config: Config) -> ExitCode {
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(err) => {
-            tracing::error!("cannot listen on {listen} (proxy.listen): {err}");
-            eprintln!("gh-token-proxy: cannot listen on {listen} (proxy.listen): {err}");
+            crate::cli::error(format_args!(
+                "cannot listen on {listen} (proxy.listen): {err}"
+            ));
             return ExitCode::from(1);
         }
     };
@@ -235,8 +240,9 @@ pub async fn serve_main(config: Config) -> ExitCode {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(l) => Some(l),
             Err(err) => {
-                tracing::error!("cannot listen on {addr} (proxy.admin.listen): {err}");
-                eprintln!("gh-token-proxy: cannot listen on {addr} (proxy.admin.listen): {err}");
+                crate::cli::error(format_args!(
+                    "cannot listen on {addr} (proxy.admin.listen): {err}"
+                ));
                 return ExitCode::from(1);
             }
         },
@@ -256,10 +262,11 @@ pub async fn serve_main(config: Config) -> ExitCode {
     }
     let server = match Server::new(config.clone()) {
         Ok(server) => server,
+        // Opening `proxy.audit.path` and reading `proxy.upstream.caFile`: the fix is in the
+        // config, and the message names the key.
         Err(err) => {
-            tracing::error!("cannot start: {err}");
-            eprintln!("gh-token-proxy: cannot start: {err}");
-            return ExitCode::from(1);
+            crate::cli::error(format_args!("bad config: {err}"));
+            return ExitCode::from(2);
         }
     };
     // Handlers are installed before announcing readiness, so an early SIGTERM still drains and an
@@ -388,6 +395,44 @@ async fn shed(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     shared.audit.send(record).await;
 }
 
+/// The status hyper itself answered a request head with, when it could not parse it (hyper's
+/// `on_error`: `414` past its 64 KiB URI limit, `431` past `max_buf_size` or 100 header lines,
+/// `400` for a malformed head). The service never saw such a request, so its record is written
+/// here. `None` for every other way a connection ends.
+fn rejected_head_status(err: &hyper::Error) -> Option<u16> {
+    if !err.is_parse() || err.is_parse_status() || err.is_parse_version_h2() {
+        return None;
+    }
+    let text = err.to_string();
+    if text.contains("internal error") {
+        // hyper sends no response for its own failures.
+        return None;
+    }
+    Some(if err.is_parse_too_large() {
+        if text.contains("URI") { 414 } else { 431 }
+    } else {
+        400
+    })
+}
+
+/// The audit record (§7.3: every request) of a request hyper refused before it was parsed: its
+/// method and path are unknown (`null`); hyper's bare answer carried none of the proxy's headers.
+async fn record_rejected_head(shared: &Shared, peer: SocketAddr, status: u16, err: &hyper::Error) {
+    let mut record = AuditRecord::unparsed(SystemTime::now(), Ulid::new(), peer);
+    record.credential = CredentialKind::None;
+    record.reason = Some(Reason::InvalidRequest);
+    record.status = Some(status);
+    record.outcome = Outcome::Refused;
+    shared.metrics.observe_request(
+        CredentialKind::None,
+        Some(Reason::InvalidRequest),
+        Some(status),
+        Duration::ZERO,
+    );
+    tracing::info!(%peer, status, "request head refused before parsing: {err}");
+    shared.audit.send(record).await;
+}
+
 /// How much of a shed connection's input is kept to find its request line.
 const SHED_REQUEST_LINE_MAX: usize = 8 * 1024;
 
@@ -445,14 +490,15 @@ async fn phases(
     let config = &*shared.config;
     let (parts, body) = request.into_parts();
     // Until routed, the audit path is the request's own path (bounded: it may be what was too
-    // long); set only on refusal so a served request allocates it once.
+    // long); set only on refusal so a served request allocates it once. A `CONNECT`'s target
+    // has no path at all: `null`, not `""`.
     let refuse = |record: &mut AuditRecord, err: ProxyError| {
         let path = parts.uri.path();
         let mut end = path.len().min(1024);
         while !path.is_char_boundary(end) {
             end -= 1;
         }
-        record.path = Some(path[..end].to_owned());
+        record.path = (end > 0).then(|| path[..end].to_owned());
         Err(err)
     };
 
@@ -479,6 +525,15 @@ async fn phases(
         );
     }
 
+    // Client, before anything about the request's target is answered: with `clients` configured,
+    // a caller without a valid key gets `407` (§6) and learns nothing else, not even which hosts
+    // are configured or how a path is judged.
+    let client = match authenticate(&config.proxy.clients, &parts.headers) {
+        Ok(client) => client,
+        Err(err) => return refuse(record, err),
+    };
+    record.client = client.map(|c| c.name.clone());
+
     // Route.
     let route = match crate::route::route(config, &parts.method, &parts.uri) {
         Ok(route) => route,
@@ -486,10 +541,6 @@ async fn phases(
     };
     record.host = Some(route.authority.clone());
     record.path = Some(route.upstream_path.clone());
-
-    // Client.
-    let client = authenticate(&config.proxy.clients, &parts.headers)?;
-    record.client = client.map(|c| c.name.clone());
 
     // Target.
     let owner_hint = match parts.headers.get(&X_GITHUB_OWNER) {

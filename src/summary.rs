@@ -88,10 +88,10 @@ pub fn summary_main(files: &[PathBuf], json: bool) -> ExitCode {
         match File::open(path) {
             Ok(file) => inputs.push((path.display().to_string(), Box::new(file))),
             Err(err) => {
-                eprintln!(
-                    "gh-token-proxy: cannot open audit log {}: {err}",
+                crate::cli::error(format_args!(
+                    "cannot open audit log {}: {err}",
                     path.display()
-                );
+                ));
                 open_failed = true;
             }
         }
@@ -105,7 +105,7 @@ pub fn summary_main(files: &[PathBuf], json: bool) -> ExitCode {
         let reader = BufReader::with_capacity(256 * 1024, input);
         if let Err(err) = summary.read(reader) {
             // e.g. a directory named as a file: it opens, but cannot be read.
-            eprintln!("gh-token-proxy: cannot read audit log {name}: {err}");
+            crate::cli::error(format_args!("cannot read audit log {name}: {err}"));
             return ExitCode::from(1);
         }
     }
@@ -125,15 +125,15 @@ pub fn summary_main(files: &[PathBuf], json: bool) -> ExitCode {
         // `audit summary | head` is fine.
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {}
         Err(err) => {
-            eprintln!("gh-token-proxy: cannot write the summary: {err}");
+            crate::cli::error(format_args!("cannot write the summary: {err}"));
             return ExitCode::from(1);
         }
     }
     if json && report.skipped_malformed_lines > 0 {
-        eprintln!(
-            "gh-token-proxy: skipped {} malformed line(s)",
+        crate::cli::warning(format_args!(
+            "skipped {} malformed line(s)",
             report.skipped_malformed_lines
-        );
+        ));
     }
     ExitCode::SUCCESS
 }

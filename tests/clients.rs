@@ -178,6 +178,42 @@ async fn missing_key_gets_407_with_a_basic_challenge() {
     assert!(records[0]["client"].is_null());
 }
 
+/// Without a valid key, nothing about the target is judged: a configured-host probe, a bad path
+/// and an App endpoint all get the same `407`, so an unauthenticated caller cannot learn which
+/// hosts the proxy serves or how it reads paths.
+#[tokio::test]
+async fn missing_key_gets_407_before_any_routing_or_path_refusal() {
+    let (fake, proxy) = start().await;
+    for target in [
+        "/evil.example/repos/acme/widgets",
+        "/repos/acme/widgets/%2e%2e/secret",
+        "/repos/acme/../widgets",
+        "/app/installations",
+    ] {
+        let r = send(&proxy, Method::GET, target, &[], "").await;
+        assert_refusal(
+            &r,
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "client_unauthenticated",
+        );
+    }
+    // With a key, the same requests get their own refusals.
+    let key = [bearer(CATALOG_KEY)];
+    let r = send(&proxy, Method::GET, "/evil.example/x", &key, "").await;
+    assert_refusal(&r, StatusCode::FORBIDDEN, "unknown_host");
+    let r = send(&proxy, Method::GET, "/repos/acme/../widgets", &key, "").await;
+    assert_refusal(&r, StatusCode::BAD_REQUEST, "invalid_path");
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+    let records = proxy.stop().await;
+    assert_eq!(records.len(), 6);
+    for record in &records[..4] {
+        assert_eq!(record["reason"], "client_unauthenticated", "{record}");
+        assert!(record["client"].is_null(), "{record}");
+        assert!(record["host"].is_null(), "{record}");
+    }
+    assert_eq!(records[4]["client"], "catalog");
+}
+
 #[tokio::test]
 async fn wrong_key_gets_407() {
     let (fake, proxy) = start().await;

@@ -121,3 +121,49 @@ async fn explain_json_gives_the_same_decision_for_web_and_api_urls_and_no_token(
         }
     }
 }
+
+/// `http://proxy:8080/...` names the proxy itself (its listen port, or `publicUrl`), so its path
+/// is explained as the proxy would see it; any other host that no integration has is refused as
+/// the running proxy refuses it, so explain says what the audit record would (`unknown_host`).
+#[test]
+fn explain_refuses_unconfigured_hosts_and_reads_the_proxys_own_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("explain.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "integrations:\n  github:\n    - host: github.com\n      token: {PAT}\n\
+             proxy:\n  listen: 127.0.0.1:8080\n  publicUrl: http://gh-proxy.acme.internal\n"
+        ),
+    )
+    .unwrap();
+    let json = |url: &str| -> serde_json::Value {
+        let output = explain(&config, &["--json", url]);
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    for url in [
+        "https://evil.example/repos/acme/widgets",
+        "https://gitlab.com/acme/widgets",
+        "http://proxy:9999/repos/acme/widgets",
+    ] {
+        let e = json(url);
+        assert_eq!(e["credential"], "none", "{url}: {e}");
+        assert_eq!(e["reason"], "unknown_host", "{url}: {e}");
+        assert_eq!(e["hashed_token"], serde_json::Value::Null, "{url}: {e}");
+    }
+    for url in [
+        "http://proxy:8080/repos/acme/widgets",
+        "http://127.0.0.1:8080/api/v3/repos/acme/widgets",
+        "http://gh-proxy.acme.internal/repos/acme/widgets",
+        "http://proxy:8080/github.com/acme/widgets",
+    ] {
+        let e = json(url);
+        assert_eq!(e["integration"], "github.com", "{url}: {e}");
+        assert_eq!(
+            (&e["owner"], &e["repo"]),
+            (&"acme".into(), &"widgets".into())
+        );
+        assert_eq!(e["credential"], "pat", "{url}: {e}");
+        assert_eq!(e["reason"], "no_app", "{url}: {e}");
+    }
+}

@@ -270,6 +270,11 @@ fn table(api: &str, proxy: &str, other_port: u16) -> Vec<Row> {
             Hyper(400),
         ),
         (
+            "raw control byte in the target",
+            get("/repos/acme/x\x01y", proxy),
+            Hyper(400),
+        ),
+        (
             "encoded crlf in repo",
             get("/repos/acme/x%0d%0aX-Evil:%201", proxy),
             bad_path,
@@ -390,6 +395,11 @@ fn table(api: &str, proxy: &str, other_port: u16) -> Vec<Row> {
             "uri over 8 KiB",
             get(&format!("/repos/acme/x?q={}", "q".repeat(9 * 1024)), proxy),
             Refused(414, "invalid_request"),
+        ),
+        (
+            "uri over hyper's 64 KiB limit",
+            get(&format!("/repos/acme/x?q={}", "q".repeat(70 * 1024)), proxy),
+            Hyper(414),
         ),
         (
             "absolute uri over 8 KiB",
@@ -608,13 +618,21 @@ async fn hostile_requests_are_refused_and_never_reach_github() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
 
-    // Every one the proxy answered itself has a refused audit record naming no credential.
+    // Every one the proxy answered itself has a refused audit record naming no credential, and
+    // so has every head hyper refused before the proxy saw a request (method and path unknown).
     let refused_rows = rows
         .iter()
         .filter(|r| matches!(r.expect, Expect::Refused(..)))
         .count();
+    let hyper_rows: Vec<u16> = rows
+        .iter()
+        .filter_map(|r| match r.expect {
+            Expect::Hyper(status) | Expect::StatusOrClosed(status) => Some(status),
+            Expect::Refused(..) => None,
+        })
+        .collect();
     assert!(answered_by_proxy >= refused_rows);
-    let expected_records = answered_by_proxy;
+    let expected_records = answered_by_proxy + hyper_rows.len();
     let records = proxy.stop().await;
     assert_eq!(
         records.len(),
@@ -635,6 +653,19 @@ async fn hostile_requests_are_refused_and_never_reach_github() {
         assert!(record["hashed_token"].is_null(), "{record}");
         assert!(record["upstream_status"].is_null(), "{record}");
     }
+    let mut unparsed: Vec<u16> = records
+        .iter()
+        .filter(|r| r["method"].is_null())
+        .map(|r| {
+            assert_eq!(r["reason"], "invalid_request", "{r}");
+            assert!(r["path"].is_null() && r["host"].is_null(), "{r}");
+            u16::try_from(r["status"].as_u64().unwrap()).unwrap()
+        })
+        .collect();
+    let mut expected_unparsed = hyper_rows;
+    unparsed.sort_unstable();
+    expected_unparsed.sort_unstable();
+    assert_eq!(unparsed, expected_unparsed);
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
 }
 

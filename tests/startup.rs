@@ -198,3 +198,95 @@ fn non_loopback_admin_listen_logs_a_warning() {
     assert!(warning.contains("not a loopback address"), "{warning}");
     assert!(warning.contains("127.0.0.1"), "{warning}");
 }
+
+/// Settings that are readable YAML but unusable, found when the server starts (`caFile` that does
+/// not exist or holds no certificate, an audit file that cannot be opened), are bad config:
+/// exit 2, the message names the key.
+#[test]
+fn unusable_ca_file_or_audit_path_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let cases = [
+        (
+            format!(
+                "  listen: 127.0.0.1:0\n  admin:\n    listen: null\n  upstream:\n    caFile: {}\n",
+                dir.path().join("missing.pem").display()
+            ),
+            "proxy.upstream.caFile",
+        ),
+        (
+            format!(
+                "  listen: 127.0.0.1:0\n  admin:\n    listen: null\n  upstream:\n    caFile: {}\n",
+                not_pem.display()
+            ),
+            "proxy.upstream.caFile",
+        ),
+    ];
+    for (lines, key) in &cases {
+        let (code, stderr) = run_to_exit(serve(&write_config(dir.path(), lines)));
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("bad config") && stderr.contains(key),
+            "{stderr}"
+        );
+    }
+    // The audit file's directory does not exist.
+    let yaml = format!(
+        "integrations:\n  github:\n    - token: ghp_startupcanary\nproxy:\n  listen: 127.0.0.1:0\n  admin:\n    listen: null\n  audit:\n    path: {}\n",
+        dir.path().join("no-such-dir").join("audit.log").display()
+    );
+    let path = dir.path().join("audit.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let (code, stderr) = run_to_exit(serve(&path));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("proxy.audit.path"), "{stderr}");
+    assert!(!stderr.contains("ghp_startupcanary"), "{stderr}");
+}
+
+/// Under `LOG_FORMAT=json` every diagnostic line is a JSON object, errors that end the process
+/// included; a bad config's error names an unset variable that removed the key it is about.
+#[test]
+fn json_diagnostics_stay_json_and_name_the_unset_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        "integrations:\n  github:\n    - host: ghe.example.com\n      apiBaseUrl: ${GHE_API_URL_NOT_SET_IN_TEST}\n",
+    )
+    .unwrap();
+    let mut cmd = serve(&path);
+    cmd.env("LOG_FORMAT", "json")
+        .env_remove("GHE_API_URL_NOT_SET_IN_TEST");
+    let (code, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!stderr.trim().is_empty());
+    for line in stderr.lines() {
+        let json: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?} in {stderr}"));
+        assert!(json["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(stderr.contains("GHE_API_URL_NOT_SET_IN_TEST"), "{stderr}");
+    assert!(stderr.contains("apiBaseUrl"), "{stderr}");
+}
+
+/// `GH_TOKEN_PROXY_CONFIG` set but empty is the same as unset: the default path is used.
+#[test]
+fn empty_config_variable_falls_back_to_the_default_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::fs::write(
+        dir.path().join("config").join("gh-token-proxy.yaml"),
+        "proxy:\n  listen: 127.0.0.1:0\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["check", "--offline"])
+        .current_dir(dir.path())
+        .env("GH_TOKEN_PROXY_CONFIG", "")
+        .env_remove("LOG_FORMAT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
