@@ -270,6 +270,8 @@ pub async fn send(
 /// re-resolve for the 401 retry.
 pub struct Forwarder<'a> {
     pub shared: &'a crate::server::Shared,
+    /// The authenticated client, whose `credentials` rule also binds the retry's credential.
+    pub client: Option<&'a crate::config::ClientConfig>,
     pub route: &'a Route,
     pub owner: Option<&'a str>,
     pub repo: Option<&'a str>,
@@ -313,15 +315,7 @@ impl Forwarder<'_> {
         }
 
         // GitHub rejected the App token: it must not serve anyone else.
-        let age = match (resolution.app_id, resolution.installation_id) {
-            (Some(app_id), Some(installation_id)) => crate::server::evict_token(
-                self.shared,
-                self.route.integration.index,
-                app_id,
-                installation_id,
-            ),
-            _ => None,
-        };
+        let age = self.evict(resolution);
         let Some((uri, headers)) = retry_parts else {
             return Ok(response);
         };
@@ -364,16 +358,39 @@ impl Forwarder<'_> {
         }
         *resolution = fresh;
         crate::server::record_resolution(record, resolution);
+        // The fresh resolution may have fallen back (the mint failed: PAT or anonymous); a client
+        // limited to other kinds must not be served with it, retry or not.
+        crate::server::check_credential_policy(self.client, resolution)?;
         set_credential(&mut headers, self.route.origin, resolution.token.as_deref());
         let request = build(method, uri, headers, body.take())?;
-        send(
+        let response = send(
             &self.shared.pool,
             self.route.scheme,
             timeout,
             request,
             &self.route.authority,
         )
-        .await
+        .await?;
+        // Rejected again: this token must not serve anyone else either. No second retry.
+        if response.status() == StatusCode::UNAUTHORIZED
+            && resolution.credential == CredentialKind::App
+        {
+            self.evict(resolution);
+        }
+        Ok(response)
+    }
+
+    /// Drops `resolution`'s App token from the cache; its age when it was minted here.
+    fn evict(&self, resolution: &Resolution) -> Option<Duration> {
+        match (resolution.app_id, resolution.installation_id) {
+            (Some(app_id), Some(installation_id)) => crate::server::evict_token(
+                self.shared,
+                self.route.integration.index,
+                app_id,
+                installation_id,
+            ),
+            _ => None,
+        }
     }
 }
 

@@ -267,10 +267,9 @@ impl Resolver {
             Err(err) if err.status() == Some(403) && err.to_string().contains("suspended") => {
                 return Err((Reason::Suspended, detail));
             }
-            Err(err) if matches!(err.status(), Some(404 | 410)) => {
-                // The installation is gone (forgotten by the mint); this owner is not installed.
-                return Err((Reason::NotInstalled, Some(err.to_string())));
-            }
+            // Any failed mint is `app_error` (§7.1), 404/410 included: the installation was
+            // forgotten by the mint, and the next request looks it up again (§7.2) and then
+            // says `not_installed` or is served by a reinstalled App.
             Err(err) => return Err(app_error(app.app_id, &err)),
         };
         // An org-level request (no repo) on a `selected` installation is served: the token

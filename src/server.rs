@@ -647,19 +647,13 @@ async fn phases(
             }),
         ));
     }
-    if let Some(client) = client
-        && !allows_credential(client, resolution.credential)
-    {
-        return Err(ProxyError::ClientPolicy(format!(
-            "client '{}' may not be served with a {} credential (proxy.clients[].credentials); this request resolved to {} ({})",
-            client.name, resolution.credential, resolution.credential, resolution.reason
-        )));
-    }
+    check_credential_policy(client, &resolution)?;
 
     // Forward.
     let host = parts.headers.get(header::HOST).cloned();
     let forwarder = Forwarder {
         shared,
+        client,
         route: &route,
         owner: owner.as_deref(),
         repo: repo.as_deref(),
@@ -976,6 +970,23 @@ fn check_policy(
 use crate::clients::allows_credential;
 
 /// Evicts an App token GitHub rejected; returns how old it was.
+/// §6 `credentials`: whether `client` may be served with what `resolution` chose. Checked for
+/// the first resolution and again for the one after a `401` retry, which may fall back.
+pub(crate) fn check_credential_policy(
+    client: Option<&ClientConfig>,
+    resolution: &Resolution,
+) -> Result<(), ProxyError> {
+    match client {
+        Some(client) if !allows_credential(client, resolution.credential) => {
+            Err(ProxyError::ClientPolicy(format!(
+                "client '{}' may not be served with a {} credential (proxy.clients[].credentials); this request resolved to {} ({})",
+                client.name, resolution.credential, resolution.credential, resolution.reason
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn evict_token(
     shared: &Shared,
     integration_index: usize,

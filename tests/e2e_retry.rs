@@ -94,3 +94,81 @@ async fn not_modified_is_recorded_as_ok_with_no_body() {
     assert_eq!(r["bytes_out"], 0);
     assert_eq!(r["outcome"], "ok");
 }
+
+/// The retry's token is rejected too: it is evicted as well (no second retry), so the next
+/// request mints instead of sending a token GitHub already refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_on_the_retry_evicts_the_retrys_token_too() {
+    let w = World::start().await;
+    w.get("/repos/acme/widgets")
+        .await
+        .assert_served(200, "app", "installed");
+    assert_eq!(w.fake.mint_count(), 1);
+    w.fake.script(
+        "GET /repos/acme/widgets",
+        Scripted::json(json!({"message": "Bad credentials"})).status(401),
+    );
+    let reply = w.get("/repos/acme/widgets").await;
+    reply.assert_served(401, "app", "installed");
+    assert_eq!(w.fake.mint_count(), 2, "one retry, with a fresh token");
+    let tokens = w.fake.issued_tokens();
+    let r = w.record(&reply).await;
+    assert_eq!(r["hashed_token"], hashed_token(&tokens[1]));
+
+    w.fake.script(
+        "GET /repos/acme/widgets",
+        Scripted::json(json!({"ok": true})),
+    );
+    w.get("/repos/acme/widgets")
+        .await
+        .assert_served(200, "app", "installed");
+    assert_eq!(
+        w.fake.mint_count(),
+        3,
+        "the retry's rejected token was not reused"
+    );
+}
+
+/// A client limited to App tokens stays limited when the retry's fresh mint fails and the
+/// decision falls back to the PAT: `403 client_policy`, and the PAT never reaches GitHub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_never_falls_back_to_a_credential_the_client_may_not_use() {
+    const KEY: &str = "apponly-key-0123456789";
+    let w = World::start_with(
+        "  clients:\n    - name: apponly\n      key: apponly-key-0123456789\n      credentials: [app]\n",
+    )
+    .await;
+    let bearer = format!("Bearer {KEY}");
+    let auth = [("authorization", bearer.as_str())];
+    let get = || {
+        request(
+            w.proxy.addr,
+            Method::GET,
+            "/repos/acme/widgets",
+            &auth,
+            Bytes::new(),
+        )
+    };
+    get().await.assert_served(200, "app", "installed");
+    w.fake.set_strict_auth(true);
+    w.fake.revoke_token(&w.fake.issued_tokens()[0]);
+    w.fake.fail_mints(500, 1);
+
+    let reply = get().await;
+    reply.assert_error(403, "none", "client_policy");
+    let auths: Vec<Auth> = w
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/repos/acme/widgets")
+        .map(|r| r.auth)
+        .collect();
+    assert!(
+        !auths.contains(&Auth::Pat),
+        "the PAT reached GitHub: {auths:?}"
+    );
+    let r = w.record(&reply).await;
+    assert_eq!(r["client"], "apponly");
+    assert_eq!(r["reason"], "client_policy");
+    assert!(r["hashed_token"].is_null(), "{r}");
+}

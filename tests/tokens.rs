@@ -125,13 +125,9 @@ async fn mint_answered_404_drops_the_cached_installation() {
     let r = resolver
         .resolve(integration, &Method::GET, Some("acme"), Some("w"))
         .await;
+    // GitHub failed the mint: `app_error` (§7.1), and the installation is forgotten (§7.2).
     assert_eq!(r.credential, CredentialKind::None);
-    assert_eq!(
-        r.steps[0].reason,
-        Some(Reason::NotInstalled),
-        "{:#?}",
-        r.steps
-    );
+    assert_eq!(r.steps[0].reason, Some(Reason::AppError), "{:#?}", r.steps);
     assert_eq!(fake.calls("POST /app/installations/678/access_tokens"), 2);
 
     // The next request looks the installation up again and finds the new one.
@@ -269,4 +265,44 @@ async fn fake_github_refuses_jwts_github_would_refuse() {
     assert_eq!(status_for(too_long).await, 401);
     let other_app = serde_json::json!({"iat": now - 60, "exp": now + 540, "iss": "999"});
     assert_eq!(status_for(other_app).await, 401);
+}
+
+/// GitHub's `expires_at` under 60 s away by this host's clock (a clock ahead of GitHub's, or a
+/// GHE issuing short tokens): the token is never used (§7.2), the App step fails as `app_error`
+/// with a message about the clock, and concurrent requests share the one mint (single flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_minted_with_under_a_minute_left_is_never_used_and_minted_once() {
+    let fake = FakeGitHub::builder()
+        .app(APP1, APP1_PUB)
+        .installation(APP1, 678, "acme")
+        .token_lifetime(Duration::from_secs(50))
+        .start()
+        .await;
+    fake.set_mint_delay(Duration::from_millis(200));
+    let (config, resolver) = support::resolver(
+        TestConfig::new(&fake)
+            .app(TestApp::new(APP1, APP1_KEY))
+            .build(),
+    );
+    let resolver = Arc::new(resolver);
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let resolver = resolver.clone();
+            let integration = config.integrations[0].clone();
+            tokio::spawn(async move {
+                resolver
+                    .resolve(&integration, &Method::GET, Some("acme"), Some("widgets"))
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.credential, CredentialKind::None);
+        assert!(r.token.is_none());
+        assert_eq!(r.steps[0].reason, Some(Reason::AppError), "{:#?}", r.steps);
+        let detail = r.steps[0].detail.as_deref().unwrap_or_default();
+        assert!(detail.contains("clock"), "{detail}");
+    }
+    assert_eq!(fake.mint_count(), 1, "the waiters shared the one mint");
 }

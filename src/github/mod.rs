@@ -414,6 +414,18 @@ impl GitHub {
         // Wall-clock expiry → remaining duration now, so the cache runs on tokio's clock.
         let remaining = expires - time::OffsetDateTime::now_utc();
         let lifetime = Duration::try_from(remaining).unwrap_or(Duration::ZERO);
+        if lifetime < tokens::MIN_REMAINING {
+            // Never sent (§7.2), so not a token at all: a failed mint, counted and logged as
+            // one and shared by every request waiting on it. Usually this host's clock is ahead.
+            return Err(TokenError::BadResponse {
+                context,
+                message: format!(
+                    "the token expires at {} ({} s from now by this host's clock), under the 60 s                      a token must have left to be used; check this host's clock (NTP)",
+                    parsed.expires_at,
+                    remaining.whole_seconds()
+                ),
+            });
+        }
         let token = Token::new(parsed.token).map_err(|err| TokenError::BadResponse {
             context,
             message: err.to_string(),

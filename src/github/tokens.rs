@@ -29,6 +29,22 @@ pub struct Minted {
     pub lifetime: Duration,
 }
 
+/// A minted token with under [`MIN_REMAINING`] left is a failed mint: never stored, never
+/// served, and its waiters share the error instead of each minting in turn. (The production
+/// minter already refuses such a token with GitHub's `expires_at` in the message.)
+fn usable_minted(minted: Minted) -> Result<Minted, TokenError> {
+    if minted.lifetime >= MIN_REMAINING {
+        return Ok(minted);
+    }
+    Err(TokenError::BadResponse {
+        context: "minting an installation token".into(),
+        message: format!(
+            "the new token has {} s left, under the 60 s a token must have to be used",
+            minted.lifetime.as_secs()
+        ),
+    })
+}
+
 #[derive(Clone)]
 struct Cached {
     token: Arc<Token>,
@@ -134,7 +150,7 @@ where
         if let Some(err) = flight.failed_since(seen) {
             return Err(err);
         }
-        let result = mint().await;
+        let result = mint().await.and_then(usable_minted);
         flight.finish(result.as_ref().map(|_| ()));
         Ok(self.store(key, result?))
     }
@@ -230,7 +246,7 @@ where
                 .get(&key)
                 .is_some_and(|c| Instant::now() < c.refresh_at);
             if !fresh {
-                let result = mint().await;
+                let result = mint().await.and_then(usable_minted);
                 flight.finish(result.as_ref().map(|_| ()));
                 match result {
                     Ok(minted) => {
@@ -428,6 +444,25 @@ mod tests {
         assert!(err.to_string().contains("boom"));
         let mint = FakeMint::new(HOUR, Duration::ZERO);
         assert_eq!(cache.get(&1, mint.mint()).await.unwrap().expose(), "tok-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_minted_token_with_under_a_minute_left_is_never_served_and_minted_once() {
+        let cache = Arc::new(TokenCache::<u64>::new(Duration::from_secs(600)));
+        let mint = FakeMint::new(Duration::from_secs(50), Duration::from_millis(100));
+        let tasks: Vec<_> = (0..30)
+            .map(|_| {
+                let cache = cache.clone();
+                let m = mint.mint();
+                tokio::spawn(async move { cache.get(&1, m).await })
+            })
+            .collect();
+        for task in tasks {
+            let err = task.await.unwrap().unwrap_err();
+            assert!(err.to_string().contains("under the 60 s"), "{err}");
+        }
+        assert_eq!(mint.mints(), 1, "the waiters shared the one failed mint");
+        assert!(cache.peek(&1).is_none(), "never stored");
     }
 
     #[tokio::test(start_paused = true)]
