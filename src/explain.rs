@@ -238,12 +238,29 @@ pub async fn explain_with_repo_ids(
 }
 
 /// Whether `uri` names the proxy itself rather than a GitHub host: its authority is
-/// `proxy.publicUrl`'s, or its port (explicit or the scheme's) is the one `proxy.listen` binds,
-/// as in `http://proxy:8080/...` (the name a client uses for the proxy is not in the config).
+/// `proxy.publicUrl`'s, its host is `proxy.listen`'s address (or a loopback name when the proxy
+/// listens there), or its port (explicit or the scheme's) is the one `proxy.listen` binds, as in
+/// `http://proxy:8080/...` (the name a client uses for the proxy is not in the config).
 fn is_proxy_address(config: &Config, uri: &http::Uri) -> bool {
     let Some(authority) = uri.authority() else {
         return false;
     };
+    let listen = config.proxy.listen;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let host_ip = if host.eq_ignore_ascii_case("localhost") {
+        Some(std::net::IpAddr::from([127, 0, 0, 1]))
+    } else {
+        host.parse::<std::net::IpAddr>().ok()
+    };
+    if let Some(ip) = host_ip
+        && (ip == listen.ip()
+            || (ip.is_loopback() && (listen.ip().is_loopback() || listen.ip().is_unspecified())))
+    {
+        return true;
+    }
     if let Some(public) = config.proxy.public_url.as_deref()
         && let Ok(public) = public.parse::<http::Uri>()
         && public
@@ -257,7 +274,7 @@ fn is_proxy_address(config: &Config, uri: &http::Uri) -> bool {
         Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
         _ => None,
     });
-    port == Some(config.proxy.listen.port())
+    port == Some(listen.port())
 }
 
 fn mark(result: &str) -> &'static str {

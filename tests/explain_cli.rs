@@ -145,6 +145,7 @@ fn explain_refuses_unconfigured_hosts_and_reads_the_proxys_own_address() {
         "https://evil.example/repos/acme/widgets",
         "https://gitlab.com/acme/widgets",
         "http://proxy:9999/repos/acme/widgets",
+        "http://10.1.2.3:9999/repos/acme/widgets",
     ] {
         let e = json(url);
         assert_eq!(e["credential"], "none", "{url}: {e}");
@@ -154,6 +155,7 @@ fn explain_refuses_unconfigured_hosts_and_reads_the_proxys_own_address() {
     for url in [
         "http://proxy:8080/repos/acme/widgets",
         "http://127.0.0.1:8080/api/v3/repos/acme/widgets",
+        "http://localhost:9999/repos/acme/widgets",
         "http://gh-proxy.acme.internal/repos/acme/widgets",
         "http://proxy:8080/github.com/acme/widgets",
     ] {
