@@ -147,26 +147,31 @@ pub async fn explain_with_repo_ids(
     })?;
     let route = match crate::route::route(config, method, &uri) {
         Ok(route) => route,
-        // `http://proxy:8080/repos/o/r`: the proxy's own address; what matters is the path, as
-        // the proxy would see it in origin form. Any other unconfigured host is what the proxy
-        // itself would refuse (`unknown_host`), and explain must say the same as the audit record.
-        Err(err)
-            if err.reason == Reason::UnknownHost
-                && uri.authority().is_some()
-                && is_proxy_address(config, &uri) =>
-        {
-            let origin_form: http::Uri = uri
-                .path_and_query()
-                .map(|pq| pq.as_str())
-                .unwrap_or("/")
-                .parse()
-                .map_err(|_| ExplainError {
+        // An authority no origin has. `https://api.github.com/...` (and raw.githubusercontent.com)
+        // is github.com's even when its `apiBaseUrl` points elsewhere (a mirror, a test
+        // double): explain reads it as that integration's. `http://proxy:8080/...` is the
+        // proxy's own address: what matters is the path, as the proxy would see it in origin
+        // form. Any other host is what the proxy itself refuses (`unknown_host`), and explain
+        // must say what the audit record would.
+        Err(err) if err.reason == Reason::UnknownHost && uri.authority().is_some() => {
+            let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let rerouted = if let Some(base) = github_com_alias(config, &uri) {
+                format!("{base}{path_and_query}")
+            } else if is_proxy_address(config, &uri) {
+                path_and_query.to_owned()
+            } else {
+                return Err(ExplainError {
                     reason: err.reason,
-                    message: err.message.clone(),
-                })?;
-            crate::route::route(config, method, &origin_form).map_err(|_| ExplainError {
+                    message: err.message,
+                });
+            };
+            let rerouted: http::Uri = rerouted.parse().map_err(|_| ExplainError {
                 reason: err.reason,
-                message: err.message,
+                message: err.message.clone(),
+            })?;
+            crate::route::route(config, method, &rerouted).map_err(|e| ExplainError {
+                reason: e.reason,
+                message: e.message,
             })?
         }
         Err(err) => {
@@ -235,6 +240,28 @@ pub async fn explain_with_repo_ids(
         owner_from_target,
         request: format!("{method} {url}"),
     })
+}
+
+/// The configured base URL that stands for `uri`'s authority when that is one of github.com's
+/// well-known hosts (`api.github.com`, `raw.githubusercontent.com`) and the `github.com`
+/// integration points its api or raw origin elsewhere.
+fn github_com_alias(config: &Config, uri: &http::Uri) -> Option<String> {
+    let authority = uri.authority()?;
+    if authority.port_u16().is_some_and(|p| p != 443 && p != 80) {
+        return None;
+    }
+    let github = config
+        .integrations
+        .iter()
+        .find(|i| i.host == "github.com")?;
+    let host = authority.host();
+    if host.eq_ignore_ascii_case("api.github.com") {
+        Some(github.api.base_url())
+    } else if host.eq_ignore_ascii_case("raw.githubusercontent.com") {
+        github.raw.as_ref().map(|raw| raw.base_url())
+    } else {
+        None
+    }
 }
 
 /// Whether `uri` names the proxy itself rather than a GitHub host: its authority is

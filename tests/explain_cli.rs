@@ -122,9 +122,10 @@ async fn explain_json_gives_the_same_decision_for_web_and_api_urls_and_no_token(
     }
 }
 
-/// `http://proxy:8080/...` names the proxy itself (its listen port, or `publicUrl`), so its path
-/// is explained as the proxy would see it; any other host that no integration has is refused as
-/// the running proxy refuses it, so explain says what the audit record would (`unknown_host`).
+/// `http://proxy:8080/...` names the proxy itself (its listen port or address, or `publicUrl`), so
+/// its path is explained as the proxy would see it; `api.github.com` is github.com's api origin
+/// wherever `apiBaseUrl` points; any other host no integration has is refused as the running
+/// proxy refuses it, so explain says what the audit record would (`unknown_host`).
 #[test]
 fn explain_refuses_unconfigured_hosts_and_reads_the_proxys_own_address() {
     let dir = tempfile::tempdir().unwrap();
@@ -132,8 +133,16 @@ fn explain_refuses_unconfigured_hosts_and_reads_the_proxys_own_address() {
     std::fs::write(
         &config,
         format!(
-            "integrations:\n  github:\n    - host: github.com\n      token: {PAT}\n\
-             proxy:\n  listen: 127.0.0.1:8080\n  publicUrl: http://gh-proxy.acme.internal\n"
+            "integrations:
+  github:
+    - host: github.com
+      token: {PAT}
+      apiBaseUrl: http://127.0.0.1:9
+      rawBaseUrl: http://127.0.0.1:9/raw
+proxy:
+  listen: 127.0.0.1:8080
+  publicUrl: http://gh-proxy.acme.internal
+"
         ),
     )
     .unwrap();
@@ -146,6 +155,7 @@ fn explain_refuses_unconfigured_hosts_and_reads_the_proxys_own_address() {
         "https://gitlab.com/acme/widgets",
         "http://proxy:9999/repos/acme/widgets",
         "http://10.1.2.3:9999/repos/acme/widgets",
+        "https://api.github.com:8443/repos/acme/widgets",
     ] {
         let e = json(url);
         assert_eq!(e["credential"], "none", "{url}: {e}");
@@ -158,6 +168,9 @@ fn explain_refuses_unconfigured_hosts_and_reads_the_proxys_own_address() {
         "http://localhost:9999/repos/acme/widgets",
         "http://gh-proxy.acme.internal/repos/acme/widgets",
         "http://proxy:8080/github.com/acme/widgets",
+        // github.com's well-known hosts stand for its configured api and raw origins.
+        "https://api.github.com/repos/acme/widgets",
+        "https://raw.githubusercontent.com/acme/widgets/main/README.md",
     ] {
         let e = json(url);
         assert_eq!(e["integration"], "github.com", "{url}: {e}");
