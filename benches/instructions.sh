@@ -14,7 +14,7 @@
 # which cancels start-up (config, TLS roots) and shutdown.
 #
 # Needs: valgrind, nginx, wrk, curl (apt-get install -y valgrind nginx-light wrk curl).
-# Usage: benches/instructions.sh [path/to/gh-token-proxy]   Env: SHORT (5), LONG (15), NGINX=0 to skip nginx.
+# Usage: benches/instructions.sh [path/to/gh-token-proxy]   Env: SHORT (5), LONG (15), SKIP_NGINX=1 to skip nginx (not NGINX=0: nginx reads $NGINX itself).
 set -euo pipefail
 BIN=$(realpath "${1:-target/release/gh-token-proxy}")
 SHORT=${SHORT:-5}; LONG=${LONG:-15}
@@ -91,4 +91,4 @@ PY
 measure proxy "$D/audit.log" "$PX" "$BIN" serve --config "$D/proxy.yaml"
 # Both exit on SIGTERM with every log line written (nginx writes its line per request, the
 # proxy flushes its audit log on shutdown), so cachegrind gets to write its totals.
-[ "${NGINX:-1}" = 0 ] || measure nginx "$D/access.log" "$NG" nginx -c "$D/px.conf" -p "$D"
+[ "${SKIP_NGINX:-0}" = 1 ] || measure nginx "$D/access.log" "$NG" nginx -c "$D/px.conf" -p "$D"
