@@ -609,10 +609,26 @@ async fn phases(
             graphql,
         )?;
         // The credential follows a search's first qualifier (§5), but GitHub searches every one:
-        // a client allowed `acme/widgets` must not add `repo:acme/secret` or `org:other`.
-        if route.origin == OriginKind::Api && route.target_path.starts_with("/search/") {
-            let scopes = crate::target::search_scopes(route.query.as_deref())
+        // a client allowed `acme/widgets` must not add `repo:acme/secret` or `org:other`, nor
+        // combine qualifiers with `OR`/`NOT`. GitHub routes paths in any case: so does this.
+        let is_search = route
+            .target_path
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("/search/"));
+        if route.origin == OriginKind::Api && is_search {
+            let q = crate::target::search_q(route.query.as_deref())
                 .map_err(|e| ProxyError::InvalidPath(e.0))?;
+            if !client.allow.iter().any(|p| p == "*")
+                && let Some(operator) = crate::target::search_widening(q.as_deref())
+            {
+                return Err(ProxyError::ClientPolicy(format!(
+                    "client '{}' may not use {operator} in a search query: it can reach beyond the \
+                     repo:/org:/user: qualifiers its allow list admits (only the pattern '*' allows it)",
+                    client.name
+                )));
+            }
+            let scopes =
+                crate::target::scopes_in(q.as_deref()).map_err(|e| ProxyError::InvalidPath(e.0))?;
             for (scope_owner, scope_repo) in scopes.iter().skip(1) {
                 check_policy(
                     client,

@@ -263,6 +263,11 @@ fn search_target(query: Option<&str>) -> Result<PathTarget, InvalidPath> {
 /// Every `repo:o/r`, `org:o` and `user:o` qualifier of a search's `q`, in order. A malformed
 /// qualifier is refused rather than skipped: GitHub would still search it.
 pub fn search_scopes(query: Option<&str>) -> Result<Vec<(String, Option<String>)>, InvalidPath> {
+    scopes_in(search_q(query)?.as_deref())
+}
+
+/// A search's `q`, decoded (`+` and percent-encoding), or `None` without one.
+pub fn search_q(query: Option<&str>) -> Result<Option<String>, InvalidPath> {
     // Query parsers disagree on duplicates (first wins here, last wins in Rails), on `;` as a
     // separator and on encoded keys (`%71=`): anything that could let GitHub see a different
     // `q` than the one authorised is refused.
@@ -282,16 +287,24 @@ pub fn search_scopes(query: Option<&str>) -> Result<Vec<(String, Option<String>)
             found = Some(value);
         }
     }
+    Ok(found.map(|raw_q| {
+        let plus_as_space = if raw_q.contains('+') {
+            Cow::Owned(raw_q.replace('+', " "))
+        } else {
+            Cow::Borrowed(raw_q)
+        };
+        percent_encoding::percent_decode_str(&plus_as_space)
+            .decode_utf8_lossy()
+            .into_owned()
+    }))
+}
+
+/// The scope qualifiers of a decoded `q` ([`search_scopes`]).
+pub fn scopes_in(q: Option<&str>) -> Result<Vec<(String, Option<String>)>, InvalidPath> {
     let mut scopes = Vec::new();
-    let Some(raw_q) = found else {
+    let Some(q) = q else {
         return Ok(scopes);
     };
-    let plus_as_space = if raw_q.contains('+') {
-        Cow::Owned(raw_q.replace('+', " "))
-    } else {
-        Cow::Borrowed(raw_q)
-    };
-    let q = percent_encoding::percent_decode_str(&plus_as_space).decode_utf8_lossy();
     for token in q.split_whitespace() {
         let Some((name, value)) = token.split_once(':') else {
             continue;
@@ -313,6 +326,26 @@ pub fn search_scopes(query: Option<&str>) -> Result<Vec<(String, Option<String>)
         }
     }
     Ok(scopes)
+}
+
+/// Why a decoded search `q` could reach beyond its `repo:`/`org:`/`user:` qualifiers, if it
+/// could. GitHub ANDs qualifiers, so extra ones only narrow a search; but `OR`, `NOT` and
+/// parentheses combine them otherwise (`repo:acme/w OR org:other`, `NOT repo:acme/w`), which a
+/// client held to some owners or repos must not send. Operators are matched in any case.
+pub fn search_widening(q: Option<&str>) -> Option<&'static str> {
+    let q = q?;
+    if q.contains(['(', ')']) {
+        return Some("parentheses");
+    }
+    q.split_whitespace().find_map(|token| {
+        if token.eq_ignore_ascii_case("OR") {
+            Some("OR")
+        } else if token.eq_ignore_ascii_case("NOT") {
+            Some("NOT")
+        } else {
+            None
+        }
+    })
 }
 
 /// Owner (and repo) of a GraphQL request from its JSON body: `variables.owner` (with

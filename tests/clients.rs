@@ -687,3 +687,32 @@ async fn search_qualifiers_beyond_the_first_do_not_widen_a_client() {
     let r = get_as(&proxy, CATALOG_KEY, "/search/issues?q=org:acme+org:other").await;
     assert_refusal(&r, StatusCode::FORBIDDEN, "client_policy");
 }
+
+/// GitHub's search combines qualifiers with `OR`, `NOT` and parentheses: a client held to some
+/// repos cannot use them to reach beyond (`repo:acme/widgets OR org:other`), in any case, nor
+/// skip the qualifier check by writing the path in upper case. A client allowed `*` may.
+#[tokio::test]
+async fn search_operators_and_path_case_do_not_widen_a_client() {
+    let (fake, proxy) = start().await;
+    for target in [
+        "/search/code?q=repo:acme/widgets+OR+(org:other+password)",
+        "/search/issues?q=repo:acme/widgets+OR+is:private",
+        "/search/issues?q=repo:acme/widgets%20or%20org:other",
+        "/search/issues?q=NOT+repo:acme/widgets",
+        "/search/issues?q=repo:acme/widgets+(bug)",
+        "/SEARCH/issues?q=repo:acme/widgets+org:other",
+        "/Search/code?q=repo:acme/widgets+repo:other/x",
+    ] {
+        let r = get_as(&proxy, ONEREPO_KEY, target).await;
+        assert_refusal(&r, StatusCode::FORBIDDEN, "client_policy");
+    }
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+    // A word that merely contains the letters is no operator.
+    let r = get_as(
+        &proxy,
+        ONEREPO_KEY,
+        "/search/issues?q=repo:acme/widgets+error+notice",
+    )
+    .await;
+    assert_served_by_app(&fake, &r);
+}
