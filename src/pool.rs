@@ -9,6 +9,7 @@
 //! origin under one short lock is all the sharing there is. A reaper task closes connections left
 //! idle past the idle timeout, so a quiet proxy does not hold sockets to GitHub indefinitely.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -149,6 +150,21 @@ impl ForwardPool {
         authority: &str,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
+        // A request with a body has its end noted: GitHub may answer before an upload has gone
+        // out (an early error), and a connection still sending it must not be handed to another
+        // request, which would wait behind the rest of the upload. Most requests have none.
+        let sent = if request.body().is_end_stream() {
+            None
+        } else {
+            let sent = Arc::new(AtomicBool::new(false));
+            request = request.map(|inner| {
+                UpstreamBody::new(Tracked {
+                    inner,
+                    sent: sent.clone(),
+                })
+            });
+            Some(sent)
+        };
         let mut stale = 0;
         loop {
             let (slot, reused, mut sender) = match self.checkout(https, authority).await {
@@ -167,6 +183,7 @@ impl ForwardPool {
                         pool: self.clone(),
                         slot,
                         sender: Some(sender),
+                        sent,
                     };
                     return Ok(response.map(|incoming| PooledBody {
                         incoming,
@@ -354,13 +371,60 @@ struct Checkin {
     pool: Arc<ForwardPool>,
     slot: usize,
     sender: Option<SendRequest<UpstreamBody>>,
+    /// Set when the request's body has gone out; `None` for a request without one.
+    sent: Option<Arc<AtomicBool>>,
 }
 
 impl Checkin {
     fn release(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.pool.checkin(self.slot, sender);
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        // Still sending the request body: not reusable. Dropped here, the connection closes
+        // once hyper has finished (or failed) the request.
+        if self
+            .sent
+            .as_ref()
+            .is_some_and(|sent| !sent.load(Ordering::Acquire))
+        {
+            return;
         }
+        self.pool.checkin(self.slot, sender);
+    }
+}
+
+/// A request body that notes when it has ended ([`ForwardPool::send`]).
+struct Tracked {
+    inner: UpstreamBody,
+    sent: Arc<AtomicBool>,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() {
+            self.sent.store(true, Ordering::Release);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // hyper stops polling once this is true, so the end may be learnt only here.
+        let end = self.inner.is_end_stream();
+        if end {
+            self.sent.store(true, Ordering::Release);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -518,6 +582,76 @@ mod tests {
         pool.reap();
         assert_eq!(idle_count(&pool), 1);
         assert!(events.try_recv().is_err(), "one connection, never closed");
+    }
+
+    /// The upstream answers a POST as soon as it has the head (as GitHub may, with an error)
+    /// while the client is still uploading: that connection must not serve the next request,
+    /// which would wait behind the rest of the upload.
+    #[tokio::test]
+    async fn a_connection_still_sending_a_request_body_is_not_reused() {
+        let (authority, mut events) = upstream().await;
+        let pool = pool(Duration::from_secs(600));
+        let (upload, chunks) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        upload
+            .send(Ok(Frame::data(Bytes::from_static(b"first part"))))
+            .await
+            .unwrap();
+        let body = http_body_util::StreamBody::new(tokio_stream_from(chunks));
+        let request = Request::builder()
+            .method(http::Method::POST)
+            .uri("/upload")
+            .header(http::header::HOST, &authority)
+            .body(UpstreamBody::new(body))
+            .unwrap();
+        let response = pool.send(false, &authority, request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let answer = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&answer[..], b"ok");
+        assert_eq!(next(&mut events).await, "accepted");
+        assert_eq!(
+            idle_count(&pool),
+            0,
+            "still uploading: not back in the pool"
+        );
+
+        // Served at once, on a new connection, while the upload is still open.
+        tokio::time::timeout(Duration::from_secs(5), get(&pool, &authority))
+            .await
+            .expect("the next request waited behind the upload");
+        assert_eq!(next(&mut events).await, "accepted");
+        assert_eq!(idle_count(&pool), 1);
+        drop(upload);
+
+        // A body that has gone out in full leaves its connection reusable.
+        let request = Request::builder()
+            .method(http::Method::POST)
+            .uri("/upload")
+            .header(http::header::HOST, &authority)
+            .body(UpstreamBody::new(
+                http_body_util::Full::new(Bytes::from_static(b"all of it")).map_err(|e| match e {}),
+            ))
+            .unwrap();
+        let response = pool.send(false, &authority, request).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        assert_eq!(
+            idle_count(&pool),
+            1,
+            "the complete POST's connection is back"
+        );
+        // (The first connection closes once its upload is dropped: hyper finishes with it.)
+        while let Ok(event) = events.try_recv() {
+            assert_ne!(event, "accepted", "no new connection for it");
+        }
+    }
+
+    /// `mpsc::Receiver` as a `Stream`, for `StreamBody`.
+    fn tokio_stream_from<T>(
+        mut rx: mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Send + 'static
+    where
+        T: Send + 'static,
+    {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
     #[tokio::test]
