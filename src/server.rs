@@ -694,12 +694,19 @@ async fn phases(
     record.github_request_id = meta.github_request_id;
     record.rate_limit_remaining = meta.rate_limit_remaining;
     record.rate_limit_resource = meta.rate_limit_resource;
-    if let (Some(o), Some(r)) = (&owner, &repo) {
+    // Learnt only from GitHub's successful answers about o/r (its pagination links).
+    if let (Some(o), Some(r), true) = (&owner, &repo, head.status.is_success()) {
+        let api = &route.integration.api;
         for link in head.headers.get_all(header::LINK) {
             if let Ok(link) = link.to_str() {
-                shared
-                    .repo_ids
-                    .learn_from_link(route.integration.index, link, o, r);
+                shared.repo_ids.learn_from_link(
+                    route.integration.index,
+                    &api.authority,
+                    &api.path_prefix,
+                    link,
+                    o,
+                    r,
+                );
             }
         }
     }

@@ -408,19 +408,27 @@ impl RepoIds {
         cache.get(&(integration, id)).cloned()
     }
 
-    /// Remembers every `/repositories/{id}/` URL in a `Link` header value (from `integration`)
-    /// as belonging to owner/repo.
-    pub fn learn_from_link(&self, integration: usize, link: &str, owner: &str, repo: &str) {
-        const NEEDLE: &str = "/repositories/";
-        let mut rest = link;
+    /// Remembers the `/repositories/{id}` link targets of a `Link` header value (RFC 8288:
+    /// `<URI-reference>; params, ...`) as belonging to owner/repo. Only the path of a target on
+    /// the integration's api origin (`api_authority`, under `api_prefix`) counts: an id in a
+    /// query string, on another host or outside `<>` could be put there by whoever shapes the
+    /// URL (a reflected parameter) and would then choose the credential for that id.
+    pub fn learn_from_link(
+        &self,
+        integration: usize,
+        api_authority: &str,
+        api_prefix: &str,
+        link: &str,
+        owner: &str,
+        repo: &str,
+    ) {
         let mut found = Vec::new();
-        while let Some((_, after)) = rest.split_once(NEEDLE) {
-            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-            let Some((id, tail)) = after.split_at_checked(digits) else {
+        let mut rest = link;
+        while let Some((_, after)) = rest.split_once('<') {
+            let Some((reference, tail)) = after.split_once('>') else {
                 break;
             };
-            let terminated = matches!(tail.bytes().next(), None | Some(b'/' | b'?' | b'>'));
-            if terminated && let Ok(id) = id.parse::<u64>() {
+            if let Some(id) = repository_id(api_authority, api_prefix, reference) {
                 found.push(id);
             }
             rest = tail;
@@ -433,6 +441,31 @@ impl RepoIds {
             cache.put((integration, id), (owner.to_owned(), repo.to_owned()));
         }
     }
+}
+
+/// The `{id}` of a link target `[scheme://api_authority]api_prefix/repositories/{id}[/...]`.
+fn repository_id(api_authority: &str, api_prefix: &str, reference: &str) -> Option<u64> {
+    let path = match reference.split_once("://") {
+        Some((_, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            if !authority.eq_ignore_ascii_case(api_authority) {
+                return None;
+            }
+            path
+        }
+        None if reference.starts_with('/') && !reference.starts_with("//") => reference,
+        None => return None,
+    };
+    let path = path.split(['?', '#']).next()?;
+    let after = path
+        .strip_prefix(api_prefix)?
+        .strip_prefix("/repositories/")?;
+    let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+    let (id, tail) = after.split_at_checked(digits)?;
+    if !(tail.is_empty() || tail.starts_with('/')) {
+        return None;
+    }
+    id.parse().ok()
 }
 
 impl std::fmt::Debug for RepoIds {
@@ -886,7 +919,9 @@ mod tests {
         let ids = RepoIds::new(16);
         ids.learn_from_link(
             0,
-            r#"<https://api.github.com/repositories/123/pulls?page=2>; rel="next", <https://api.github.com/repositories/456?page=9>; rel="last", <https://api.github.com/repositories/789>; rel="first""#,
+            "api.github.com",
+            "",
+            r#"<https://api.github.com/repositories/123/pulls?page=2>; rel="next", <https://api.github.com/repositories/456?page=9>; rel="last", <https://API.github.com/repositories/789>; rel="first""#,
             "acme",
             "widgets",
         );
@@ -904,14 +939,61 @@ mod tests {
         let ids = RepoIds::new(16);
         ids.learn_from_link(
             0,
-            "<https://x/repositories/12a/pulls>, <https://x/repositories/>, https://x/repositories/77",
+            "x",
+            "",
+            "<https://x/repositories/12a/pulls>, <https://x/repositories/>, <https://x/repositories/77",
             "o",
             "r",
         );
         assert_eq!(ids.get(0, 12), None);
-        // a bare id at the end of the value counts
-        assert_eq!(ids.get(0, 77), Some(("o".to_owned(), "r".to_owned())));
-        ids.learn_from_link(0, "/repositories/99999999999999999999999/x", "o", "r");
+        assert_eq!(ids.get(0, 77), None, "no closing '>'");
+        ids.learn_from_link(
+            0,
+            "x",
+            "",
+            "</repositories/99999999999999999999999/x>",
+            "o",
+            "r",
+        );
+    }
+
+    /// Ids a reflected parameter, another host or free text could plant are not learnt: they
+    /// would choose the credential (and pass the client policy) for another repository.
+    #[test]
+    fn learns_only_link_targets_on_the_api_origin() {
+        let ids = RepoIds::new(16);
+        ids.learn_from_link(
+            0,
+            "api.github.com",
+            "",
+            concat!(
+                "<https://api.github.com/repos/acme/w/issues?x=/repositories/1/&page=2>; rel=\"next\", ",
+                "<https://evil.example/repositories/2/issues>; rel=\"last\", ",
+                "<https://api.github.com.evil.example/repositories/3>, ",
+                "<//api.github.com/repositories/4>, ",
+                "<https://api.github.com/x/repositories/5>, ",
+                "https://api.github.com/repositories/6; title=\"/repositories/7/\", ",
+                "<https://api.github.com/repositories/8#/repositories/9>"
+            ),
+            "acme",
+            "w",
+        );
+        for id in 1..=7 {
+            assert_eq!(ids.get(0, id), None, "{id}");
+        }
+        assert!(ids.get(0, 8).is_some());
+        assert_eq!(ids.get(0, 9), None);
+        // A relative target, and a prefixed (GHE) api origin.
+        ids.learn_from_link(
+            1,
+            "ghe",
+            "/api/v3",
+            "</api/v3/repositories/10/x>, <https://ghe/repositories/11>",
+            "g",
+            "t",
+        );
+        assert!(ids.get(1, 10).is_some());
+        assert_eq!(ids.get(1, 11), None, "outside the api prefix");
     }
 
     #[test]
@@ -919,6 +1001,8 @@ mod tests {
         let ids = RepoIds::new(16);
         ids.learn_from_link(
             1,
+            "ghe",
+            "/api/v3",
             "<https://ghe/api/v3/repositories/4242/issues?page=2>",
             "g",
             "t",
@@ -929,16 +1013,26 @@ mod tests {
 
     #[test]
     fn repo_ids_are_bounded() {
+        let learn = |ids: &RepoIds, id: u64, repo: &str| {
+            ids.learn_from_link(
+                0,
+                "a",
+                "",
+                &format!("<https://a/repositories/{id}/x>"),
+                "o",
+                repo,
+            );
+        };
         let ids = RepoIds::new(2);
-        ids.learn_from_link(0, "/repositories/1/x", "o", "a");
-        ids.learn_from_link(0, "/repositories/2/x", "o", "b");
+        learn(&ids, 1, "a");
+        learn(&ids, 2, "b");
         assert!(ids.get(0, 1).is_some()); // 1 is now most recent
-        ids.learn_from_link(0, "/repositories/3/x", "o", "c");
+        learn(&ids, 3, "c");
         assert_eq!(ids.get(0, 2), None);
         assert!(ids.get(0, 1).is_some());
         assert!(ids.get(0, 3).is_some());
         let zero = RepoIds::new(0);
-        zero.learn_from_link(0, "/repositories/1", "o", "r");
+        learn(&zero, 1, "r");
         assert!(zero.get(0, 1).is_some());
     }
 
@@ -1012,7 +1106,7 @@ mod tests {
             let s = String::from_utf8_lossy(&b);
             let _ = parse(kind, &s, Some(&s));
             let _ = graphql_target(&b);
-            RepoIds::new(4).learn_from_link(0, &s, "o", "r");
+            RepoIds::new(4).learn_from_link(0, "a", "", &s, "o", "r");
         }
 
         #[test]
