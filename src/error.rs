@@ -56,12 +56,18 @@ pub enum ProxyError {
     UpstreamTimeout(String),
     #[error("the proxy is at its connection limit (proxy.maxConnections); retry later")]
     Overloaded,
+    /// The client's request body failed while it was being forwarded: the client went away
+    /// before sending all of it (`client_gone`), or sent a malformed one.
+    #[error("{message}")]
+    RequestBody { message: String, client_gone: bool },
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::InvalidPath(_) | ProxyError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::InvalidPath(_)
+            | ProxyError::InvalidRequest(_)
+            | ProxyError::RequestBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UnknownHost(_)
@@ -83,6 +89,7 @@ impl ProxyError {
         match self {
             ProxyError::InvalidPath(_) => Reason::InvalidPath,
             ProxyError::InvalidRequest(_)
+            | ProxyError::RequestBody { .. }
             | ProxyError::UriTooLong { .. }
             | ProxyError::HeadersTooLarge { .. } => Reason::InvalidRequest,
             ProxyError::UnknownHost(_) => Reason::UnknownHost,
@@ -109,7 +116,8 @@ impl ProxyError {
             | ProxyError::AppEndpoint(_)
             | ProxyError::ConnectNotSupported
             | ProxyError::ClientUnauthenticated(_)
-            | ProxyError::BodyTooLarge { .. } => Fault::Downstream,
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::RequestBody { .. } => Fault::Downstream,
             ProxyError::ClientPolicy(_) | ProxyError::NoCredential(_) => Fault::Credentials,
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTls(_)

@@ -172,16 +172,87 @@ impl RequestBody {
                 *self = RequestBody::Buffered(bytes);
                 body
             }
-            RequestBody::Streaming(incoming) => {
-                incoming.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
-            }
+            RequestBody::Streaming(incoming) => incoming
+                .map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
+                .boxed_unsync(),
         }
     }
 }
 
-/// Maps a failed upstream call to the client-facing error: TLS problems are told apart from
+/// The client's request body failed while being forwarded: marks the error as the client's,
+/// so it is not blamed on GitHub.
+#[derive(Debug)]
+pub struct ClientBodyError(pub hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request body from the client failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Whether `err` (hyper's, reading the client's body) says the connection ended under it: the
+/// body stopped short (EOF before its length) or the client reset the connection.
+fn connection_lost(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    for _ in 0..16 {
+        let Some(e) = source else {
+            return false;
+        };
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The client-side failure somewhere in `err`'s chain, if the call failed because of it.
+fn client_body_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a ClientBodyError> {
+    let mut current = Some(err);
+    for _ in 0..16 {
+        let e = current?;
+        if let Some(found) = e.downcast_ref::<ClientBodyError>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Maps a failed upstream call to the client-facing error: the client's own body failing is its
+/// error (`400`, or `aborted` when it went away), not GitHub's; TLS problems are told apart from
 /// plain connection failures (an operator fixes them differently: `upstream.caFile`).
 pub fn classify(err: &SendError, authority: &str) -> ProxyError {
+    if let Some(ClientBodyError(inner)) = client_body_error(err) {
+        let client_gone = inner.is_incomplete_message()
+            || inner.is_closed()
+            || inner.is_canceled()
+            || connection_lost(inner);
+        return ProxyError::RequestBody {
+            message: if client_gone {
+                "the client closed the connection before sending the whole request body".into()
+            } else {
+                format!("the request body is malformed: {inner}")
+            },
+            client_gone,
+        };
+    }
     let mut timed_out = false;
     if let Some(tls) = find_tls(err, &mut timed_out, 0) {
         return ProxyError::UpstreamTls(format!("TLS with {authority} failed: {tls}"));

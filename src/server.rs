@@ -766,9 +766,18 @@ pub(crate) fn record_resolution(record: &mut AuditRecord, resolution: &Resolutio
 /// The proxy's own answer. Refusals say credential `none`; upstream failures keep the
 /// credential that was tried, with the failure as the reason.
 fn error_response(err: &ProxyError, record: &mut AuditRecord) -> Response<ResponseBody> {
-    match err.fault() {
-        Fault::Upstream => record.outcome = Outcome::UpstreamError,
-        Fault::Downstream | Fault::Credentials | Fault::Internal => {
+    match (err, err.fault()) {
+        // The head went upstream with the credential before the client's body failed: the
+        // record keeps the credential; the client went away first, or sent a bad body.
+        (ProxyError::RequestBody { client_gone, .. }, _) => {
+            record.outcome = if *client_gone {
+                Outcome::Aborted
+            } else {
+                Outcome::Refused
+            };
+        }
+        (_, Fault::Upstream) => record.outcome = Outcome::UpstreamError,
+        (_, Fault::Downstream | Fault::Credentials | Fault::Internal) => {
             record.outcome = Outcome::Refused;
             record.credential = CredentialKind::None;
             record.app_id = None;

@@ -266,3 +266,36 @@ async fn status_504_upstream_timeout_past_response_timeout() {
     assert!(started.elapsed() < Duration::from_millis(e2e::RESPONSE_TIMEOUT_MS + 1500));
     assert_recorded(&w, &reply, "upstream_error").await;
 }
+
+/// A client whose own request body fails while it is being forwarded is not GitHub's fault: a
+/// malformed chunked body gets `400 invalid_request`; a client that goes away mid-body is
+/// recorded `aborted`. Neither is `upstream_unreachable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_body_is_the_clients_fault_not_githubs() {
+    let w = World::start().await;
+    w.fake.set_read_bodies(true);
+    let reply = raw(
+        w.proxy.addr,
+        b"POST /repos/acme/widgets/issues HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\n{\"a\r\nzz-not-hex\r\n\r\n",
+    )
+    .await;
+    reply.assert_error(400, "app", "invalid_request");
+    let r = w.record(&reply).await;
+    assert_eq!(r["outcome"], "refused", "{r}");
+    assert_eq!(r["reason"], "invalid_request", "{r}");
+
+    // Promises 1000 bytes, sends 10, goes away.
+    let mut stream = TcpStream::connect(w.proxy.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"POST /repos/acme/widgets/issues HTTP/1.1\r\nHost: proxy\r\nContent-Length: 1000\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stream);
+    let records = w.audit(2).await;
+    let r = &records[1];
+    assert_eq!(r["outcome"], "aborted", "{r}");
+    assert_ne!(r["reason"], "upstream_unreachable", "{r}");
+}

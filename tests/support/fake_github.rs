@@ -95,6 +95,7 @@ struct State {
     prefix: String,
     scripted: HashMap<String, Scripted>,
     strict_auth: bool,
+    read_bodies: bool,
     /// Every App JWT that authenticated (the canary searches for them).
     jwts: Vec<String>,
 }
@@ -273,6 +274,7 @@ impl FakeGitHubBuilder {
             prefix: self.prefix,
             scripted: HashMap::new(),
             strict_auth: false,
+            read_bodies: false,
             jwts: Vec::new(),
         }));
         let task = tokio::spawn(serve(listener, acceptor, state.clone()));
@@ -398,6 +400,12 @@ impl FakeGitHub {
     /// e2e: answers `"METHOD /path"` (or `"METHOD /path?query"`) with `answer`.
     pub fn script(&self, key: &str, answer: Scripted) {
         self.state().scripted.insert(key.to_string(), answer);
+    }
+
+    /// e2e: every request's body is read to its end before the answer (as GitHub reads an
+    /// upload), so a body that fails on the way fails the exchange.
+    pub fn set_read_bodies(&self, read: bool) {
+        self.state().read_bodies = read;
     }
 
     /// e2e: the catch-all answers `401 Bad credentials` to a credential it does not know (a
@@ -689,8 +697,16 @@ fn new_token() -> String {
 }
 
 async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
-    let method = req.method().clone();
-    let mut path = req.uri().path().to_string();
+    let read_bodies = state.lock().unwrap_or_else(|p| p.into_inner()).read_bodies;
+    let (req, body) = req.into_parts();
+    if read_bodies {
+        // As GitHub does before answering an upload: a body that fails fails the exchange.
+        if http_body_util::BodyExt::collect(body).await.is_err() {
+            return message(400, "Problems parsing the request body");
+        }
+    }
+    let method = req.method.clone();
+    let mut path = req.uri.path().to_string();
     {
         let s = state.lock().unwrap_or_else(|p| p.into_inner());
         if !s.prefix.is_empty()
@@ -700,9 +716,9 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
             path = rest.to_string();
         }
     }
-    let query = req.uri().query().map(str::to_string);
+    let query = req.uri.query().map(str::to_string);
     let authorization = req
-        .headers()
+        .headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
