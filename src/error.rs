@@ -60,6 +60,10 @@ pub enum ProxyError {
     /// before sending all of it (`client_gone`), or sent a malformed one.
     #[error("{message}")]
     RequestBody { message: String, client_gone: bool },
+    #[error(
+        "the request body did not arrive within {limit_ms} ms (proxy.headerReadTimeoutMs); a GraphQL body is read before the proxy can choose a credential"
+    )]
+    BodyTimeout { limit_ms: u64 },
 }
 
 impl ProxyError {
@@ -68,6 +72,7 @@ impl ProxyError {
             ProxyError::InvalidPath(_)
             | ProxyError::InvalidRequest(_)
             | ProxyError::RequestBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UnknownHost(_)
@@ -90,6 +95,7 @@ impl ProxyError {
             ProxyError::InvalidPath(_) => Reason::InvalidPath,
             ProxyError::InvalidRequest(_)
             | ProxyError::RequestBody { .. }
+            | ProxyError::BodyTimeout { .. }
             | ProxyError::UriTooLong { .. }
             | ProxyError::HeadersTooLarge { .. } => Reason::InvalidRequest,
             ProxyError::UnknownHost(_) => Reason::UnknownHost,
@@ -117,7 +123,8 @@ impl ProxyError {
             | ProxyError::ConnectNotSupported
             | ProxyError::ClientUnauthenticated(_)
             | ProxyError::BodyTooLarge { .. }
-            | ProxyError::RequestBody { .. } => Fault::Downstream,
+            | ProxyError::RequestBody { .. }
+            | ProxyError::BodyTimeout { .. } => Fault::Downstream,
             ProxyError::ClientPolicy(_) | ProxyError::NoCredential(_) => Fault::Credentials,
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTls(_)

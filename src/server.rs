@@ -40,6 +40,9 @@ use crate::upstream::UpstreamClient;
 
 /// GraphQL bodies are read to find the owner only up to this size (§5).
 pub const GRAPHQL_BODY_LIMIT: usize = 1024 * 1024;
+/// GraphQL bodies read for inspection at once: with [`GRAPHQL_BODY_LIMIT`], at most 64 MiB held
+/// for it however many clients send slowly (more wait their turn, holding only their head).
+const GRAPHQL_INSPECTIONS: usize = 64;
 /// Longest request-target answered normally; longer gets `414`.
 pub const MAX_URI_LEN: usize = 8 * 1024;
 /// Largest request head (all header lines) answered normally; larger gets `431`.
@@ -72,6 +75,8 @@ pub struct Shared {
     pub audit: AuditSender,
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
+    /// Slots for reading GraphQL bodies ([`GRAPHQL_INSPECTIONS`]).
+    inspections: Semaphore,
 }
 
 impl Shared {
@@ -113,6 +118,7 @@ impl Server {
             audit: audit.sender(),
             metrics: Arc::new(Metrics::new()),
             draining: AtomicBool::new(false),
+            inspections: Semaphore::new(GRAPHQL_INSPECTIONS),
         });
         Ok(Server { shared, audit })
     }
@@ -573,7 +579,7 @@ async fn phases(
                 // The header names the owner: no need to hold the body.
                 (None, None, request_body(body))
             } else {
-                let bytes = Box::pin(read_graphql_body(&parts.headers, body)).await?;
+                let bytes = Box::pin(read_graphql_body(shared, &parts.headers, body)).await?;
                 match target::graphql_target(&bytes) {
                     Some((o, r)) if target::is_valid_owner(&o) => {
                         (Some(o), r, RequestBody::Buffered(bytes))
@@ -733,8 +739,14 @@ fn request_body(body: Incoming) -> RequestBody {
     }
 }
 
-/// Reads a GraphQL body to find its owner, refusing more than [`GRAPHQL_BODY_LIMIT`].
-async fn read_graphql_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, ProxyError> {
+/// Reads a GraphQL body to find its owner, refusing more than [`GRAPHQL_BODY_LIMIT`] and a body
+/// that has not arrived within `proxy.headerReadTimeoutMs` (the body is what must be read before
+/// the proxy can decide, like the head): a slow sender cannot hold its buffer for ever.
+async fn read_graphql_body(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, ProxyError> {
     let too_large = ProxyError::BodyTooLarge {
         limit: GRAPHQL_BODY_LIMIT,
     };
@@ -745,7 +757,20 @@ async fn read_graphql_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes,
     if declared.is_some_and(|len| len > GRAPHQL_BODY_LIMIT as u64) {
         return Err(too_large);
     }
-    match Limited::new(body, GRAPHQL_BODY_LIMIT).collect().await {
+    // Closed only when the server is dropped; then the request is going away anyway.
+    let _slot = shared
+        .inspections
+        .acquire()
+        .await
+        .map_err(|_| ProxyError::InvalidRequest("the proxy is shutting down".into()))?;
+    let deadline = shared.config.proxy.header_read_timeout;
+    let read = tokio::time::timeout(deadline, Limited::new(body, GRAPHQL_BODY_LIMIT).collect());
+    let Ok(read) = read.await else {
+        return Err(ProxyError::BodyTimeout {
+            limit_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        });
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large),
         Err(_) => Err(ProxyError::InvalidRequest(

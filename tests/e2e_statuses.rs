@@ -171,6 +171,38 @@ async fn status_413_graphql_body_too_large() {
     assert!(w.fake.requests().is_empty());
 }
 
+/// A GraphQL body must arrive within `headerReadTimeoutMs`, as the head must: a client that
+/// sends it slowly cannot hold its inspection buffer (up to 1 MiB) for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_408_graphql_body_that_does_not_arrive_in_time() {
+    let w = World::start_with("  headerReadTimeoutMs: 400\n").await;
+    let mut stream = TcpStream::connect(w.proxy.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"POST /graphql HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\":",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        // Until the whole answer is in (the proxy closes after refusing mid-body).
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("no answer to the slow body");
+    let reply = e2e::parse_raw(&out, stream.local_addr().unwrap());
+    let message = reply.assert_error(408, "none", "invalid_request");
+    assert!(message.contains("headerReadTimeoutMs"), "{message}");
+    assert_recorded(&w, &reply, "refused").await;
+    assert!(w.fake.requests().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_414_and_431_invalid_request() {
     let w = World::start().await;
