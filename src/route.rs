@@ -198,9 +198,10 @@ fn build(m: Match<'_>, form: Form, query: Option<&str>) -> Route {
     if upstream_path.is_empty() {
         upstream_path.push('/');
     }
-    // `/api/v3/graphql` in the default form (or `/graphql/`) lands on the api origin but is the
-    // GraphQL endpoint: classify it as GraphQL so its body is inspected and its policy applies.
-    let kind = if m.origin.kind == OriginKind::Api
+    // `/api/v3/graphql` in the default form (or `/graphql/`) lands on the api origin, and GHE's
+    // `/api/graphql/` on the web origin of the same host, but it is the GraphQL endpoint:
+    // classify it as GraphQL so its body is inspected and its policy applies.
+    let kind = if matches!(m.origin.kind, OriginKind::Api | OriginKind::Web)
         && m.integration.graphql.authority == m.origin.authority
         && upstream_path.strip_suffix('/').unwrap_or(&upstream_path)
             == m.integration.graphql.path_prefix
@@ -661,6 +662,11 @@ mod tests {
         let r = ok("/ghe.acme.com/api/graphql");
         assert_eq!(r.origin, OriginKind::Graphql);
         assert_eq!(r.upstream_path, "/api/graphql");
+        assert_eq!(r.target_path, "/graphql");
+        // With a trailing slash it lands on the web origin of the same host: still GraphQL.
+        let r = ok("/ghe.acme.com/api/graphql/");
+        assert_eq!(r.origin, OriginKind::Graphql);
+        assert_eq!(r.upstream_path, "/api/graphql/");
         assert_eq!(r.target_path, "/graphql");
     }
 

@@ -209,6 +209,17 @@ fn parse_owner_repo(kind: OriginKind, rest: &str) -> Result<PathTarget, InvalidP
     }
     let mut segs = rest.split('/');
     let owner = owner_segment(segs.next())?;
+    // On a web host, `/api/...` and `/raw/...` are GitHub Enterprise's API (`/api/uploads`, ...)
+    // and raw endpoints, not an owner named `api` or `raw` (GitHub reserves both names): what
+    // GitHub acts on there is another owner's repository.
+    if kind == OriginKind::Web
+        && (owner.eq_ignore_ascii_case("api") || owner.eq_ignore_ascii_case("raw"))
+    {
+        return Err(invalid(
+            "/api/ and /raw/ on a web host are GitHub's API and raw endpoints, not a repository: \
+             send them through the integration's apiBaseUrl or rawBaseUrl",
+        ));
+    }
     let repo = match segs.next() {
         None => None,
         Some(r) => {
@@ -913,6 +924,20 @@ mod tests {
     }
 
     // learned repository ids
+
+    #[test]
+    fn api_and_raw_on_a_web_host_are_not_owners() {
+        for path in [
+            "/api/uploads/repos/victim/secret/releases/1/assets",
+            "/API/v3/repos/victim/secret",
+            "/raw/victim/secret/main/README.md",
+        ] {
+            assert!(parse(OriginKind::Web, path, None).is_err(), "{path}");
+        }
+        // The raw origin's own paths are owner/repo/ref, whatever the owner is called.
+        assert!(parse(OriginKind::Raw, "/apiary/x/main/f", None).is_ok());
+        assert!(parse(OriginKind::Web, "/apiary/x", None).is_ok());
+    }
 
     #[test]
     fn learns_every_repository_id_in_a_link_header() {
