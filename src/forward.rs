@@ -318,7 +318,8 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Sends one request, bounded by `proxy.upstream.responseTimeoutMs` up to the response head
-/// (connecting included).
+/// (connecting included). For a request with a body the deadline runs from the body's end: an
+/// upload (a `git push`) streams for as long as it takes (§3.3: bodies have no deadline).
 pub async fn send(
     pool: &Arc<ForwardPool>,
     scheme: Scheme,
@@ -326,11 +327,25 @@ pub async fn send(
     request: Request<UpstreamBody>,
     authority: &str,
 ) -> Result<Response<PooledBody>, ProxyError> {
-    let sending = pool.send(scheme == Scheme::Https, authority, request);
-    match tokio::time::timeout(response_timeout, sending).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(err)) => Err(classify(&err, authority)),
-        Err(_) => Err(ProxyError::UpstreamTimeout(format!(
+    let (request, sent) = crate::pool::track_body(request);
+    let sending = pool.send_tracked(scheme == Scheme::Https, authority, request, sent.clone());
+    let answered = match sent {
+        None => tokio::time::timeout(response_timeout, sending).await.ok(),
+        Some(sent) => {
+            let deadline = async {
+                sent.wait().await;
+                tokio::time::sleep(response_timeout).await;
+            };
+            tokio::select! {
+                result = sending => Some(result),
+                () = deadline => None,
+            }
+        }
+    };
+    match answered {
+        Some(Ok(response)) => Ok(response),
+        Some(Err(err)) => Err(classify(&err, authority)),
+        None => Err(ProxyError::UpstreamTimeout(format!(
             "{authority} did not answer within {} ms (proxy.upstream.responseTimeoutMs)",
             response_timeout.as_millis()
         ))),

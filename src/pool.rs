@@ -148,23 +148,21 @@ impl ForwardPool {
         self: &Arc<Self>,
         https: bool,
         authority: &str,
-        mut request: Request<UpstreamBody>,
+        request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        // A request with a body has its end noted: GitHub may answer before an upload has gone
-        // out (an early error), and a connection still sending it must not be handed to another
-        // request, which would wait behind the rest of the upload. Most requests have none.
-        let sent = if request.body().is_end_stream() {
-            None
-        } else {
-            let sent = Arc::new(AtomicBool::new(false));
-            request = request.map(|inner| {
-                UpstreamBody::new(Tracked {
-                    inner,
-                    sent: sent.clone(),
-                })
-            });
-            Some(sent)
-        };
+        let (request, sent) = track_body(request);
+        self.send_tracked(https, authority, request, sent).await
+    }
+
+    /// As [`ForwardPool::send`], for a request already passed through [`track_body`] (the
+    /// caller also waits on its [`BodySent`]).
+    pub async fn send_tracked(
+        self: &Arc<Self>,
+        https: bool,
+        authority: &str,
+        mut request: Request<UpstreamBody>,
+        sent: Option<Arc<BodySent>>,
+    ) -> Result<Response<PooledBody>, SendError> {
         let mut stale = 0;
         loop {
             let (slot, reused, mut sender) = match self.checkout(https, authority).await {
@@ -372,7 +370,7 @@ struct Checkin {
     slot: usize,
     sender: Option<SendRequest<UpstreamBody>>,
     /// Set when the request's body has gone out; `None` for a request without one.
-    sent: Option<Arc<AtomicBool>>,
+    sent: Option<Arc<BodySent>>,
 }
 
 impl Checkin {
@@ -382,21 +380,68 @@ impl Checkin {
         };
         // Still sending the request body: not reusable. Dropped here, the connection closes
         // once hyper has finished (or failed) the request.
-        if self
-            .sent
-            .as_ref()
-            .is_some_and(|sent| !sent.load(Ordering::Acquire))
-        {
+        if self.sent.as_ref().is_some_and(|sent| !sent.is_sent()) {
             return;
         }
         self.pool.checkin(self.slot, sender);
     }
 }
 
-/// A request body that notes when it has ended ([`ForwardPool::send`]).
+/// Notes a request body's end. GitHub may answer before an upload has gone out (an early
+/// error), and a connection still sending one must not be handed to another request, which would
+/// wait behind the rest of the upload; and `responseTimeoutMs` runs from the end of the body, so
+/// an upload of any length streams without a deadline (§3.3, §8).
+#[derive(Debug, Default)]
+pub struct BodySent {
+    done: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl BodySent {
+    pub fn is_sent(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the body has gone out.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_sent() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn mark(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// Wraps a request's body so its end is noted; `None` (and no wrapping) for a request without a
+/// body, which most are.
+pub fn track_body(
+    request: Request<UpstreamBody>,
+) -> (Request<UpstreamBody>, Option<Arc<BodySent>>) {
+    if request.body().is_end_stream() {
+        return (request, None);
+    }
+    let sent = Arc::new(BodySent::default());
+    let request = request.map(|inner| {
+        UpstreamBody::new(Tracked {
+            inner,
+            sent: sent.clone(),
+        })
+    });
+    (request, Some(sent))
+}
+
+/// A request body that notes when it has ended ([`track_body`]).
 struct Tracked {
     inner: UpstreamBody,
-    sent: Arc<AtomicBool>,
+    sent: Arc<BodySent>,
 }
 
 impl Body for Tracked {
@@ -409,7 +454,7 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
         if frame.is_none() {
-            self.sent.store(true, Ordering::Release);
+            self.sent.mark();
         }
         Poll::Ready(frame)
     }
@@ -418,7 +463,7 @@ impl Body for Tracked {
         // hyper stops polling once this is true, so the end may be learnt only here.
         let end = self.inner.is_end_stream();
         if end {
-            self.sent.store(true, Ordering::Release);
+            self.sent.mark();
         }
         end
     }

@@ -477,14 +477,25 @@ async fn handle(
         started: Instant::now(),
         record,
     };
+    let mut reaches_client = true;
     let response = match phases(&shared, request, &mut exchange.record).await {
         Ok(response) => {
             exchange.record.outcome = Outcome::Ok;
             response
         }
-        Err(err) => error_response(&err, &mut exchange.record),
+        Err(err) => {
+            // Gone mid-upload: hyper still needs a response, but nothing reaches the client.
+            reaches_client = !matches!(
+                err,
+                ProxyError::RequestBody {
+                    client_gone: true,
+                    ..
+                }
+            );
+            error_response(&err, &mut exchange.record)
+        }
     };
-    Ok(exchange.respond(response))
+    Ok(exchange.respond(response, reaches_client))
 }
 
 /// The phases up to the response head. Fills `record` as it learns things.
@@ -793,14 +804,18 @@ pub(crate) fn record_resolution(record: &mut AuditRecord, resolution: &Resolutio
 fn error_response(err: &ProxyError, record: &mut AuditRecord) -> Response<ResponseBody> {
     match (err, err.fault()) {
         // The head went upstream with the credential before the client's body failed: the
-        // record keeps the credential; the client went away first, or sent a bad body.
-        (ProxyError::RequestBody { client_gone, .. }, _) => {
-            record.outcome = if *client_gone {
-                Outcome::Aborted
-            } else {
-                Outcome::Refused
-            };
+        // record keeps the credential. A client that went away first is `aborted` with the
+        // decision's reason, as a client that leaves mid-download is; a bad body is refused.
+        (
+            ProxyError::RequestBody {
+                client_gone: true, ..
+            },
+            _,
+        ) => {
+            record.outcome = Outcome::Aborted;
+            return Response::new(ResponseBody::full(err.body()));
         }
+        (ProxyError::RequestBody { .. }, _) => record.outcome = Outcome::Refused,
         (_, Fault::Upstream) => record.outcome = Outcome::UpstreamError,
         (_, Fault::Downstream | Fault::Credentials | Fault::Internal) => {
             record.outcome = Outcome::Refused;
@@ -838,7 +853,8 @@ struct Exchange {
 
 impl Exchange {
     /// Adds the three headers every response carries and ties the record to the body.
-    fn respond(mut self, response: Response<ResponseBody>) -> Response<LoggedBody> {
+    /// `sent`: whether the response can reach the client at all (not when it went away).
+    fn respond(mut self, response: Response<ResponseBody>, sent: bool) -> Response<LoggedBody> {
         let (mut head, body) = response.into_parts();
         let mut id = [0u8; ulid::ULID_LEN];
         if let Ok(value) = HeaderValue::from_str(self.record.request_id.array_to_str(&mut id)) {
@@ -852,7 +868,7 @@ impl Exchange {
             &X_CREDENTIAL_REASON,
             HeaderValue::from_static(self.record.reason.map_or("none", Reason::as_str)),
         );
-        self.record.status = Some(head.status.as_u16());
+        self.record.status = sent.then_some(head.status.as_u16());
         Response::from_parts(
             head,
             LoggedBody {

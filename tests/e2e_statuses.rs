@@ -299,6 +299,38 @@ async fn status_504_upstream_timeout_past_response_timeout() {
     assert_recorded(&w, &reply, "upstream_error").await;
 }
 
+/// `responseTimeoutMs` is the wait for the response head once the request has gone out: an
+/// upload that takes longer than it (a `git push` of a large pack) is not cut (§3.3, §8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_longer_than_the_response_timeout_is_not_cut() {
+    let w = World::start().await;
+    w.fake.set_read_bodies(true);
+    let mut stream = TcpStream::connect(w.proxy.addr).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    use tokio::io::AsyncWriteExt as _;
+    stream
+        .write_all(b"POST /repos/acme/widgets/issues HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Twice the response timeout of upload, in pieces.
+    let pieces = 8;
+    let pause = Duration::from_millis(e2e::RESPONSE_TIMEOUT_MS * 2 / pieces);
+    for i in 0..pieces {
+        let chunk = format!("5\r\npart{i}\r\n");
+        stream.write_all(chunk.as_bytes()).await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let reply = e2e::parse_raw(&out, local);
+    reply.assert_served(200, "app", "installed");
+    assert_recorded(&w, &reply, "ok").await;
+}
+
 /// A client whose own request body fails while it is being forwarded is not GitHub's fault: a
 /// malformed chunked body gets `400 invalid_request`; a client that goes away mid-body is
 /// recorded `aborted`. Neither is `upstream_unreachable`.
@@ -328,6 +360,12 @@ async fn a_failing_request_body_is_the_clients_fault_not_githubs() {
     drop(stream);
     let records = w.audit(2).await;
     let r = &records[1];
+    // As a client that leaves mid-download: the decision's reason, nothing sent to it.
     assert_eq!(r["outcome"], "aborted", "{r}");
-    assert_ne!(r["reason"], "upstream_unreachable", "{r}");
+    assert_eq!(
+        (&r["credential"], &r["reason"]),
+        (&"app".into(), &"installed".into()),
+        "{r}"
+    );
+    assert!(r["status"].is_null(), "{r}");
 }
