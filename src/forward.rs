@@ -331,15 +331,20 @@ pub async fn send(
     let sending = pool.send_tracked(scheme == Scheme::Https, authority, request, sent.clone());
     let answered = match sent {
         None => tokio::time::timeout(response_timeout, sending).await.ok(),
+        // Boxed: requests with a body are the rarer kind; unboxed, this state would be part of
+        // (and copied with) every request's future.
         Some(sent) => {
-            let deadline = async {
-                sent.wait().await;
-                tokio::time::sleep(response_timeout).await;
-            };
-            tokio::select! {
-                result = sending => Some(result),
-                () = deadline => None,
-            }
+            Box::pin(async move {
+                let deadline = async {
+                    sent.wait().await;
+                    tokio::time::sleep(response_timeout).await;
+                };
+                tokio::select! {
+                    result = sending => Some(result),
+                    () = deadline => None,
+                }
+            })
+            .await
         }
     };
     match answered {
