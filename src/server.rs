@@ -136,6 +136,20 @@ impl Server {
         admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
+        self.serve_until(listener, admin, shutdown, std::future::pending())
+            .await
+    }
+
+    /// As [`Server::serve`]; `cut`, resolving during the drain, ends the grace at once (an
+    /// operator's second SIGTERM/SIGINT): the remaining exchanges are cut and recorded
+    /// `aborted`, the audit log is still flushed.
+    pub async fn serve_until(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+        cut: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
         let Server { shared, audit } = self;
         let config = shared.config.clone();
 
@@ -201,11 +215,15 @@ impl Server {
             grace_seconds = config.proxy.shutdown_grace.as_secs(),
             "shutting down: not accepting; draining in-flight exchanges"
         );
-        if tokio::time::timeout(config.proxy.shutdown_grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown grace expired; closing the remaining connections");
+        tokio::select! {
+            drained = tokio::time::timeout(config.proxy.shutdown_grace, graceful.shutdown()) => {
+                if drained.is_err() {
+                    tracing::warn!("shutdown grace expired; closing the remaining connections");
+                }
+            }
+            () = cut => {
+                tracing::warn!("second stop signal: closing the remaining connections now");
+            }
         }
         // Whatever is left is cut; their exchanges are recorded as aborted when dropped.
         connections.abort_all();
@@ -277,7 +295,7 @@ pub async fn serve_main(config: Config) -> ExitCode {
     };
     // Handlers are installed before announcing readiness, so an early SIGTERM still drains and an
     // early SIGHUP (logrotate right at startup) reopens the log instead of killing the process.
-    let stop = stop_signal();
+    let (stop, second) = stop_signals();
     #[cfg(unix)]
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let proxy_addr = listener.local_addr().map_or(listen, |a| a);
@@ -303,7 +321,7 @@ pub async fn serve_main(config: Config) -> ExitCode {
         #[cfg(not(unix))]
         drop(audit);
     });
-    let result = server.serve(listener, admin, stop).await;
+    let result = server.serve_until(listener, admin, stop, second).await;
     hup.abort();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -314,8 +332,11 @@ pub async fn serve_main(config: Config) -> ExitCode {
     }
 }
 
-/// SIGINT or SIGTERM. The handlers are installed when this is called, not when first polled.
-fn stop_signal() -> impl Future<Output = ()> {
+/// The first SIGINT or SIGTERM (start the drain), and the second (end it at once). The handlers
+/// are installed when this is called, not when first polled.
+fn stop_signals() -> (impl Future<Output = ()>, impl Future<Output = ()>) {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
     #[cfg(unix)]
     let handlers = {
         use tokio::signal::unix::{SignalKind, signal};
@@ -325,19 +346,32 @@ fn stop_signal() -> impl Future<Output = ()> {
     };
     #[cfg(not(unix))]
     let handlers: Option<((), ())> = None;
-    async move {
+    tokio::spawn(async move {
         #[cfg(unix)]
         if let Some((mut term, mut int)) = handlers {
-            tokio::select! {
-                _ = int.recv() => tracing::info!("SIGINT received"),
-                _ = term.recv() => tracing::info!("SIGTERM received"),
+            for tx in [first_tx, second_tx] {
+                tokio::select! {
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+                let _ = tx.send(());
             }
             return;
         }
         let _ = handlers;
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("SIGINT received");
-    }
+        for tx in [first_tx, second_tx] {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("SIGINT received");
+            let _ = tx.send(());
+        }
+    });
+    // A dropped sender (the runtime shutting down) never stops anything by itself.
+    let wait = |rx: tokio::sync::oneshot::Receiver<()>| async move {
+        if rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    (wait(first_rx), wait(second_rx))
 }
 
 /// Answers a connection beyond `maxConnections` with one `503 overloaded` and closes it, without
@@ -352,7 +386,7 @@ async fn shed(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let body = err.body();
     let mut id = [0u8; ulid::ULID_LEN];
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\nx-request-id: {}\r\nx-credential-type: none\r\nx-credential-reason: overloaded\r\n\r\n",
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\nx-request-id: {}\r\nx-credential-type: none\r\nx-credential-reason: overloaded\r\n\r\n",
         body.len(),
         request_id.array_to_str(&mut id)
     );

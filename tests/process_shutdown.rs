@@ -350,3 +350,55 @@ async fn sigterm_with_idle_keep_alive_connections_exits_promptly() {
     assert_eq!(ProxyProcess::audit_records(&proxy.audit_path).len(), 4);
     drop((idle, silent));
 }
+
+/// A second SIGTERM (or SIGINT: an operator pressing Ctrl-C twice) ends the drain at once,
+/// however long `shutdownGraceSeconds` is: the in-flight request is cut, still audited, and the
+/// process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_drain_at_once() {
+    let upstream = slow_upstream(Duration::from_secs(30)).await;
+    let mut proxy = ProxyProcess::start(config_with(upstream.addr, "  shutdownGraceSeconds: 60\n"));
+    let addr = proxy.addr;
+    let slow = tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/repos/acme/widgets/slow")
+            .header("host", addr.to_string())
+            .body(full(Bytes::new()))
+            .unwrap();
+        sender.send_request(req).await.map(|r| r.status())
+    });
+    wait_in_flight(&upstream).await;
+    proxy.signal("TERM");
+    // Draining: the first signal alone would wait up to 60 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = Instant::now();
+    proxy.signal("INT");
+    let status = proxy.wait_exit(PROCESS_WAIT);
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", proxy.stderr());
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "exited {:?} after the second signal",
+        second.elapsed()
+    );
+    let outcome = tokio::time::timeout(WAIT, slow).await.unwrap().unwrap();
+    assert!(
+        outcome.is_err(),
+        "the cut request got an answer: {outcome:?}"
+    );
+    let records = ProxyProcess::audit_records(&proxy.audit_path);
+    let record = records
+        .iter()
+        .find(|r| r["path"] == "/repos/acme/widgets/slow")
+        .unwrap_or_else(|| panic!("the cut request was not audited: {records:?}"));
+    assert_eq!(record["outcome"], "aborted", "{record}");
+    assert!(
+        proxy.stderr().contains("second stop signal"),
+        "{}",
+        proxy.stderr()
+    );
+}
