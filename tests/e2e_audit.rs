@@ -305,13 +305,7 @@ async fn revoked_app_token_is_evicted_and_the_request_retried_with_a_fresh_one()
     assert_ne!(new[0], old[0]);
     assert_eq!(retried.json()["auth"], format!("app:{INST1}"));
     // GitHub saw the revoked token once, then the fresh one.
-    let auths: Vec<Auth> = w
-        .fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == "/repos/acme/widgets")
-        .map(|r| r.auth)
-        .collect();
+    let auths = w.fake.auths_for("/repos/acme/widgets");
     assert_eq!(
         auths,
         [

@@ -58,13 +58,7 @@ async fn a_pat_401_is_passed_through_without_retry() {
     let reply = w.get("/repos/other/thing").await;
     reply.assert_served(401, "pat", "not_installed");
     assert_eq!(w.fake.calls("/repos/other/thing"), 1);
-    let auths: Vec<Auth> = w
-        .fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == "/repos/other/thing")
-        .map(|r| r.auth)
-        .collect();
+    let auths = w.fake.auths_for("/repos/other/thing");
     assert_eq!(auths, [Auth::Invalid]);
 }
 
@@ -163,13 +157,7 @@ async fn the_retry_never_falls_back_to_a_credential_the_client_may_not_use() {
 
     let reply = get().await;
     reply.assert_error(403, "none", "client_policy");
-    let auths: Vec<Auth> = w
-        .fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == "/repos/acme/widgets")
-        .map(|r| r.auth)
-        .collect();
+    let auths = w.fake.auths_for("/repos/acme/widgets");
     assert!(
         !auths.contains(&Auth::Pat),
         "the PAT reached GitHub: {auths:?}"

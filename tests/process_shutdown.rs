@@ -251,14 +251,12 @@ async fn sigint_drains_like_sigterm() {
     );
 }
 
-/// A request still running when `shutdownGraceSeconds` runs out is cut, still audited (as
-/// aborted), and the process still exits 0 soon after the grace.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grace_expiry_cuts_the_request_audits_it_and_exits_zero() {
-    let upstream = slow_upstream(Duration::from_secs(30)).await;
-    let mut proxy = ProxyProcess::start(config_with(upstream.addr, "  shutdownGraceSeconds: 1\n"));
-    let addr = proxy.addr;
-    let slow = tokio::spawn(async move {
+/// `GET /repos/acme/widgets/slow` through the proxy on its own connection, in a task: the
+/// upstream's status, or the error when the proxy cut the exchange.
+fn slow_request(
+    addr: SocketAddr,
+) -> tokio::task::JoinHandle<Result<http::StatusCode, hyper::Error>> {
+    tokio::spawn(async move {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -270,7 +268,16 @@ async fn grace_expiry_cuts_the_request_audits_it_and_exits_zero() {
             .body(full(Bytes::new()))
             .unwrap();
         sender.send_request(req).await.map(|r| r.status())
-    });
+    })
+}
+
+/// A request still running when `shutdownGraceSeconds` runs out is cut, still audited (as
+/// aborted), and the process still exits 0 soon after the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_expiry_cuts_the_request_audits_it_and_exits_zero() {
+    let upstream = slow_upstream(Duration::from_secs(30)).await;
+    let mut proxy = ProxyProcess::start(config_with(upstream.addr, "  shutdownGraceSeconds: 1\n"));
+    let slow = slow_request(proxy.addr);
     wait_in_flight(&upstream).await;
     let term_sent = Instant::now();
     proxy.signal("TERM");
@@ -358,20 +365,7 @@ async fn sigterm_with_idle_keep_alive_connections_exits_promptly() {
 async fn a_second_signal_ends_the_drain_at_once() {
     let upstream = slow_upstream(Duration::from_secs(30)).await;
     let mut proxy = ProxyProcess::start(config_with(upstream.addr, "  shutdownGraceSeconds: 60\n"));
-    let addr = proxy.addr;
-    let slow = tokio::spawn(async move {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = Request::get("/repos/acme/widgets/slow")
-            .header("host", addr.to_string())
-            .body(full(Bytes::new()))
-            .unwrap();
-        sender.send_request(req).await.map(|r| r.status())
-    });
+    let slow = slow_request(proxy.addr);
     wait_in_flight(&upstream).await;
     proxy.signal("TERM");
     // Draining: the first signal alone would wait up to 60 s.

@@ -15,6 +15,25 @@ use support::{APP1_KEY, APP1_PUB, FakeGitHub, TestApp, TestConfig};
 
 const APP1: u64 = 12345;
 
+/// One task per owner, each resolving `GET {owner}/widgets` on the first integration at once.
+fn resolve_concurrently(
+    resolver: &Arc<gh_token_proxy::resolve::Resolver>,
+    config: &gh_token_proxy::config::Config,
+    owners: impl Iterator<Item = &'static str>,
+) -> Vec<tokio::task::JoinHandle<gh_token_proxy::resolve::Resolution>> {
+    owners
+        .map(|owner| {
+            let resolver = resolver.clone();
+            let integration = config.integrations[0].clone();
+            tokio::spawn(async move {
+                resolver
+                    .resolve(&integration, &Method::GET, Some(owner), Some("widgets"))
+                    .await
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_first_requests_mint_once_and_look_up_once() {
     let fake = FakeGitHub::builder()
@@ -30,18 +49,8 @@ async fn thousand_concurrent_first_requests_mint_once_and_look_up_once() {
             .build(),
     );
     let resolver = Arc::new(resolver);
-    let tasks: Vec<_> = (0..1000)
-        .map(|i| {
-            let resolver = resolver.clone();
-            let integration = config.integrations[0].clone();
-            tokio::spawn(async move {
-                let owner = if i % 2 == 0 { "acme" } else { "ACME" };
-                resolver
-                    .resolve(&integration, &Method::GET, Some(owner), Some("widgets"))
-                    .await
-            })
-        })
-        .collect();
+    let owners = (0..1000).map(|i| if i % 2 == 0 { "acme" } else { "ACME" });
+    let tasks = resolve_concurrently(&resolver, &config, owners);
     let mut hashes = HashSet::new();
     for task in tasks {
         let r = task.await.unwrap();
@@ -284,18 +293,11 @@ async fn a_token_minted_with_under_a_minute_left_is_never_used_and_minted_once()
             .app(TestApp::new(APP1, APP1_KEY))
             .build(),
     );
-    let resolver = Arc::new(resolver);
-    let tasks: Vec<_> = (0..30)
-        .map(|_| {
-            let resolver = resolver.clone();
-            let integration = config.integrations[0].clone();
-            tokio::spawn(async move {
-                resolver
-                    .resolve(&integration, &Method::GET, Some("acme"), Some("widgets"))
-                    .await
-            })
-        })
-        .collect();
+    let tasks = resolve_concurrently(
+        &Arc::new(resolver),
+        &config,
+        std::iter::repeat_n("acme", 30),
+    );
     for task in tasks {
         let r = task.await.unwrap();
         assert_eq!(r.credential, CredentialKind::None);

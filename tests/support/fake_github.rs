@@ -425,6 +425,15 @@ impl FakeGitHub {
         self.state().requests.clone()
     }
 
+    /// How each request to exactly `path` authenticated, in order.
+    pub fn auths_for(&self, path: &str) -> Vec<Auth> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.auth)
+            .collect()
+    }
+
     /// Requests whose path (or `"METHOD path"`, when the pattern has a space) matches `pattern`,
     /// where `*` matches any run of characters: `calls("/app/installations/*/access_tokens")`.
     pub fn calls(&self, pattern: &str) -> usize {
