@@ -196,6 +196,23 @@ impl std::error::Error for ClientBodyError {
     }
 }
 
+/// The error for a client's request body that failed (hyper's error reading it): the client
+/// went away before sending all of it, or sent a malformed one.
+pub fn client_body_failure(inner: &hyper::Error) -> ProxyError {
+    let client_gone = inner.is_incomplete_message()
+        || inner.is_closed()
+        || inner.is_canceled()
+        || connection_lost(inner);
+    ProxyError::RequestBody {
+        message: if client_gone {
+            "the client closed the connection before sending the whole request body".into()
+        } else {
+            format!("the request body is malformed: {inner}")
+        },
+        client_gone,
+    }
+}
+
 /// Whether `err` (hyper's, reading the client's body) says the connection ended under it: the
 /// body stopped short (EOF before its length) or the client reset the connection.
 fn connection_lost(err: &hyper::Error) -> bool {
@@ -240,18 +257,7 @@ fn client_body_error<'a>(
 /// plain connection failures (an operator fixes them differently: `upstream.caFile`).
 pub fn classify(err: &SendError, authority: &str) -> ProxyError {
     if let Some(ClientBodyError(inner)) = client_body_error(err) {
-        let client_gone = inner.is_incomplete_message()
-            || inner.is_closed()
-            || inner.is_canceled()
-            || connection_lost(inner);
-        return ProxyError::RequestBody {
-            message: if client_gone {
-                "the client closed the connection before sending the whole request body".into()
-            } else {
-                format!("the request body is malformed: {inner}")
-            },
-            client_gone,
-        };
+        return client_body_failure(inner);
     }
     let mut timed_out = false;
     if let Some(tls) = find_tls(err, &mut timed_out, 0) {
@@ -473,12 +479,17 @@ impl Forwarder<'_> {
 
     /// Drops `resolution`'s App token from the cache; its age when it was minted here.
     fn evict(&self, resolution: &Resolution) -> Option<Duration> {
-        match (resolution.app_id, resolution.installation_id) {
-            (Some(app_id), Some(installation_id)) => crate::server::evict_token(
+        match (
+            resolution.app_id,
+            resolution.installation_id,
+            resolution.token.as_ref(),
+        ) {
+            (Some(app_id), Some(installation_id), Some(token)) => crate::server::evict_token(
                 self.shared,
                 self.route.integration.index,
                 app_id,
                 installation_id,
+                token,
             ),
             _ => None,
         }

@@ -29,7 +29,7 @@ use ulid::Ulid;
 
 use crate::audit::{AuditLog, AuditPermit, AuditRecord, AuditSender, Outcome};
 use crate::config::{ClientConfig, Config, OriginKind};
-use crate::credential::{CredentialKind, Reason};
+use crate::credential::{CredentialKind, Reason, Token};
 use crate::error::{Fault, ProxyError};
 use crate::forward::{Forwarder, RequestBody, ResponseBody, UpstreamMeta};
 use crate::github::GitHub;
@@ -818,9 +818,11 @@ async fn read_graphql_body(
     match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large),
-        Err(_) => Err(ProxyError::InvalidRequest(
-            "the request body could not be read".into(),
-        )),
+        // The client's body failed: it went away (`aborted`), or sent a malformed one (`400`).
+        Err(err) => Err(match err.downcast::<hyper::Error>() {
+            Ok(err) => crate::forward::client_body_failure(&err),
+            Err(_) => ProxyError::InvalidRequest("the request body could not be read".into()),
+        }),
     }
 }
 
@@ -1094,14 +1096,16 @@ pub(crate) fn check_credential_policy(
     }
 }
 
+/// Drops `token` from the cache after GitHub's `401` for it (not a newer one minted since).
 pub(crate) fn evict_token(
     shared: &Shared,
     integration_index: usize,
     app_id: u64,
     installation_id: u64,
+    token: &Arc<Token>,
 ) -> Option<Duration> {
     shared
         .resolver
         .github()
-        .evict_token(integration_index, app_id, installation_id)
+        .evict_rejected_token(integration_index, app_id, installation_id, token)
 }

@@ -368,4 +368,19 @@ async fn a_failing_request_body_is_the_clients_fault_not_githubs() {
         "{r}"
     );
     assert!(r["status"].is_null(), "{r}");
+
+    // The same while the proxy reads a GraphQL body to find its owner (nothing decided yet).
+    let mut stream = TcpStream::connect(w.proxy.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"POST /graphql HTTP/1.1\r\nHost: proxy\r\nContent-Length: 1000\r\n\r\n{\"query\":",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stream);
+    let records = w.audit(3).await;
+    let r = &records[2];
+    assert_eq!(r["outcome"], "aborted", "{r}");
+    assert!(r["status"].is_null(), "{r}");
 }

@@ -338,6 +338,21 @@ impl GitHub {
             .evict(&(integration_index, app_id, installation_id))
     }
 
+    /// Drops the cached installation token only if it is still `token`, the one GitHub answered
+    /// `401` for: a late `401` must not evict a token another request has minted since. Returns
+    /// its age, as [`GitHub::evict_token`] does; `None` when it was already replaced.
+    pub fn evict_rejected_token(
+        &self,
+        integration_index: usize,
+        app_id: u64,
+        installation_id: u64,
+        token: &Arc<Token>,
+    ) -> Option<Duration> {
+        self.inner
+            .tokens
+            .evict_if_same(&(integration_index, app_id, installation_id), token)
+    }
+
     /// Counters for `/metrics`.
     pub fn token_stats(&self) -> TokenStats {
         let counters = self.inner.tokens.counters();

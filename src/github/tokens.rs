@@ -162,6 +162,14 @@ where
             .map(|(_, cached)| cached.minted_at.elapsed())
     }
 
+    /// Drops the token for `key` only if it is `token` (GitHub said `401` for that one; a newer
+    /// token minted since stays); returns how long ago it was minted.
+    pub fn evict_if_same(&self, key: &K, token: &Arc<Token>) -> Option<Duration> {
+        self.tokens
+            .remove_if(key, |_, cached| Arc::ptr_eq(&cached.token, token))
+            .map(|(_, cached)| cached.minted_at.elapsed())
+    }
+
     /// The cached token (whatever its state), for tests and `explain`.
     pub fn peek(&self, key: &K) -> Option<Arc<Token>> {
         self.tokens.get(key).map(|c| c.token.clone())
@@ -401,6 +409,24 @@ mod tests {
         assert_eq!(cache.evict(&1), Some(Duration::from_secs(3)));
         assert_eq!(cache.evict(&1), None);
         assert_eq!(cache.get(&1, mint.mint()).await.unwrap().expose(), "tok-2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_rejection_of_a_replaced_token_evicts_nothing() {
+        let cache = Arc::new(TokenCache::<u64>::new(Duration::from_secs(600)));
+        let mint = FakeMint::new(HOUR, Duration::ZERO);
+        let first = cache.get(&1, mint.mint()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            cache.evict_if_same(&1, &first),
+            Some(Duration::from_secs(2))
+        );
+        let second = cache.get(&1, mint.mint()).await.unwrap();
+        assert_eq!(second.expose(), "tok-2");
+        // Another request's 401 for the first token arrives late: the second one stays.
+        assert_eq!(cache.evict_if_same(&1, &first), None);
+        assert_eq!(cache.peek(&1).unwrap().expose(), "tok-2");
+        assert_eq!(mint.mints(), 2);
     }
 
     #[tokio::test(start_paused = true)]
