@@ -157,8 +157,8 @@ pub async fn explain_with_repo_ids(
             let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
             let rerouted = if let Some(base) = github_com_alias(config, &uri) {
                 format!("{base}{path_and_query}")
-            } else if is_proxy_address(config, &uri) {
-                path_and_query.to_owned()
+            } else if let Some(path) = proxy_address_path(config, &uri) {
+                path
             } else {
                 return Err(ExplainError {
                     reason: err.reason,
@@ -264,44 +264,67 @@ fn github_com_alias(config: &Config, uri: &http::Uri) -> Option<String> {
     }
 }
 
-/// Whether `uri` names the proxy itself rather than a GitHub host: its authority is
-/// `proxy.publicUrl`'s, its host is `proxy.listen`'s address (or a loopback name when the proxy
-/// listens there), or its port (explicit or the scheme's) is the one `proxy.listen` binds, as in
-/// `http://proxy:8080/...` (the name a client uses for the proxy is not in the config).
-fn is_proxy_address(config: &Config, uri: &http::Uri) -> bool {
-    let Some(authority) = uri.authority() else {
-        return false;
+/// The origin-form path and query of `uri` when it names the proxy itself rather than a GitHub
+/// host, as in `http://proxy:8080/...` (the name a client uses for the proxy is not in the
+/// config): its authority is `proxy.publicUrl`'s (whose path prefix is then removed), or its port
+/// (explicit or the scheme's) is the one `proxy.listen` binds (any loopback port when that is 0,
+/// as in tests). An authority a configured origin has is GitHub's, never the proxy's.
+fn proxy_address_path(config: &Config, uri: &http::Uri) -> Option<String> {
+    let authority = uri.authority()?;
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let port = authority
+        .port_u16()
+        .or_else(|| default_port(uri.scheme_str()));
+    let host = authority.host();
+    let same_host_port = |a: &http::uri::Authority, scheme: Option<&str>| {
+        a.host().eq_ignore_ascii_case(host) && a.port_u16().or_else(|| default_port(scheme)) == port
     };
-    let listen = config.proxy.listen;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let host_ip = if host.eq_ignore_ascii_case("localhost") {
-        Some(std::net::IpAddr::from([127, 0, 0, 1]))
-    } else {
-        host.parse::<std::net::IpAddr>().ok()
-    };
-    if let Some(ip) = host_ip
-        && (ip == listen.ip()
-            || (ip.is_loopback() && (listen.ip().is_loopback() || listen.ip().is_unspecified())))
-    {
-        return true;
+    let configured = config.integrations.iter().any(|i| {
+        [Some(&i.api), i.raw.as_ref(), Some(&i.web), Some(&i.graphql)]
+            .into_iter()
+            .flatten()
+            .any(|o| {
+                o.authority
+                    .parse::<http::uri::Authority>()
+                    .is_ok_and(|a| same_host_port(&a, Some(o.scheme.as_str())))
+            })
+    });
+    if configured {
+        return None;
     }
     if let Some(public) = config.proxy.public_url.as_deref()
         && let Ok(public) = public.parse::<http::Uri>()
         && public
             .authority()
-            .is_some_and(|a| a.as_str().eq_ignore_ascii_case(authority.as_str()))
+            .is_some_and(|a| same_host_port(a, public.scheme_str()))
     {
-        return true;
+        let prefix = public.path().trim_end_matches('/');
+        let rest = path_and_query
+            .strip_prefix(prefix)
+            .unwrap_or(path_and_query);
+        return Some(if rest.starts_with('/') {
+            rest.to_owned()
+        } else {
+            format!("/{rest}")
+        });
     }
-    let port = authority.port_u16().or_else(|| match uri.scheme_str() {
+    let listen = config.proxy.listen;
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let ours = port == Some(listen.port()) || (listen.port() == 0 && loopback);
+    ours.then(|| path_and_query.to_owned())
+}
+
+fn default_port(scheme: Option<&str>) -> Option<u16> {
+    match scheme {
         Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
         Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
         _ => None,
-    });
-    port == Some(listen.port())
+    }
 }
 
 fn mark(result: &str) -> &'static str {

@@ -137,11 +137,11 @@ fn explain_refuses_unconfigured_hosts_and_reads_the_proxys_own_address() {
   github:
     - host: github.com
       token: {PAT}
-      apiBaseUrl: http://127.0.0.1:9
+      apiBaseUrl: http://127.0.0.1:9/api/v3
       rawBaseUrl: http://127.0.0.1:9/raw
 proxy:
   listen: 127.0.0.1:8080
-  publicUrl: http://gh-proxy.acme.internal
+  publicUrl: http://gh-proxy.acme.internal/ghproxy
 "
         ),
     )
@@ -156,6 +156,9 @@ proxy:
         "http://proxy:9999/repos/acme/widgets",
         "http://10.1.2.3:9999/repos/acme/widgets",
         "https://api.github.com:8443/repos/acme/widgets",
+        "http://localhost:9999/repos/acme/widgets",
+        // A configured origin's host outside its path: GitHub's, refused as the proxy does.
+        "http://127.0.0.1:9/elsewhere/repos/acme/widgets",
     ] {
         let e = json(url);
         assert_eq!(e["credential"], "none", "{url}: {e}");
@@ -165,8 +168,9 @@ proxy:
     for url in [
         "http://proxy:8080/repos/acme/widgets",
         "http://127.0.0.1:8080/api/v3/repos/acme/widgets",
-        "http://localhost:9999/repos/acme/widgets",
-        "http://gh-proxy.acme.internal/repos/acme/widgets",
+        "http://localhost:8080/repos/acme/widgets",
+        "http://gh-proxy.acme.internal/ghproxy/repos/acme/widgets",
+        "http://GH-PROXY.acme.internal:80/ghproxy/repos/acme/widgets",
         "http://proxy:8080/github.com/acme/widgets",
         // github.com's well-known hosts stand for its configured api and raw origins.
         "https://api.github.com/repos/acme/widgets",
