@@ -340,7 +340,7 @@ impl GitHub {
 
     /// Drops the cached installation token only if it is still `token`, the one GitHub answered
     /// `401` for: a late `401` must not evict a token another request has minted since. Returns
-    /// its age, as [`GitHub::evict_token`] does; `None` when it was already replaced.
+    /// its age, or its replacement's when it was already replaced (the retry's token).
     pub fn evict_rejected_token(
         &self,
         integration_index: usize,

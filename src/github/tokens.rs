@@ -163,11 +163,19 @@ where
     }
 
     /// Drops the token for `key` only if it is `token` (GitHub said `401` for that one; a newer
-    /// token minted since stays); returns how long ago it was minted.
+    /// token minted since stays). Returns how long ago the dropped token was minted or, when it
+    /// was already replaced, how long ago its replacement was: that is the token a retry will
+    /// use, and a very new one may not have replicated inside GitHub yet either.
     pub fn evict_if_same(&self, key: &K, token: &Arc<Token>) -> Option<Duration> {
-        self.tokens
+        if let Some((_, cached)) = self
+            .tokens
             .remove_if(key, |_, cached| Arc::ptr_eq(&cached.token, token))
-            .map(|(_, cached)| cached.minted_at.elapsed())
+        {
+            return Some(cached.minted_at.elapsed());
+        }
+        self.tokens
+            .get(key)
+            .map(|cached| cached.minted_at.elapsed())
     }
 
     /// The cached token (whatever its state), for tests and `explain`.
@@ -423,8 +431,13 @@ mod tests {
         );
         let second = cache.get(&1, mint.mint()).await.unwrap();
         assert_eq!(second.expose(), "tok-2");
-        // Another request's 401 for the first token arrives late: the second one stays.
-        assert_eq!(cache.evict_if_same(&1, &first), None);
+        // Another request's 401 for the first token arrives late: the second one stays, and its
+        // age is what the late request's retry must wait on.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            cache.evict_if_same(&1, &first),
+            Some(Duration::from_secs(1))
+        );
         assert_eq!(cache.peek(&1).unwrap().expose(), "tok-2");
         assert_eq!(mint.mints(), 2);
     }
