@@ -77,6 +77,9 @@ pub struct Shared {
     draining: AtomicBool,
     /// Slots for reading GraphQL bodies ([`GRAPHQL_INSPECTIONS`]).
     inspections: Semaphore,
+    /// The address the proxy listens on, once bound: an absolute-form request naming it is a
+    /// request to the proxy itself (see [`own_address_path`]).
+    bound: std::sync::OnceLock<SocketAddr>,
 }
 
 impl Shared {
@@ -119,6 +122,7 @@ impl Server {
             metrics: Arc::new(Metrics::new()),
             draining: AtomicBool::new(false),
             inspections: Semaphore::new(GRAPHQL_INSPECTIONS),
+            bound: std::sync::OnceLock::new(),
         });
         Ok(Server { shared, audit })
     }
@@ -152,6 +156,9 @@ impl Server {
     ) -> Result<(), ServeError> {
         let Server { shared, audit } = self;
         let config = shared.config.clone();
+        if let Ok(addr) = listener.local_addr() {
+            let _ = shared.bound.set(addr);
+        }
 
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = admin.map(|listener| {
@@ -588,6 +595,22 @@ async fn phases(
     // Route.
     let route = match crate::route::route(config, &parts.method, &parts.uri) {
         Ok(route) => route,
+        // `GET http://proxy:8080/repos/o/r`: a tool whose HTTP_PROXY is this proxy and whose
+        // base URL is this proxy too sends the absolute form naming the proxy itself. That is
+        // a request to the proxy, read by its path as the origin form would be (only configured
+        // origins can come of it: never an open proxy).
+        Err(e) if e.reason == Reason::UnknownHost => {
+            match own_address_path(shared, &parts.uri)
+                .and_then(|path| path.parse::<http::Uri>().ok())
+                .map(|origin_form| crate::route::route(config, &parts.method, &origin_form))
+            {
+                Some(Ok(route)) => route,
+                Some(Err(e)) => {
+                    return refuse(record, ProxyError::from_reason(e.reason, e.message));
+                }
+                None => return refuse(record, ProxyError::from_reason(e.reason, e.message)),
+            }
+        }
         Err(e) => return refuse(record, ProxyError::from_reason(e.reason, e.message)),
     };
     record.host = Some(route.authority.clone());
@@ -774,6 +797,62 @@ async fn phases(
         },
     );
     Ok(Response::from_parts(head, ResponseBody::Upstream(incoming)))
+}
+
+/// The origin-form path of an absolute-form `uri` that names the proxy itself: the address it
+/// is bound to (or `localhost` with its port, when bound to loopback), or `proxy.publicUrl`'s
+/// authority (whose path is then removed). Default ports count as written or not.
+fn own_address_path(shared: &Shared, uri: &http::Uri) -> Option<String> {
+    let authority = uri.authority()?;
+    let default_port = |scheme: Option<&str>| match scheme {
+        Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
+        Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
+        _ => None,
+    };
+    let port = authority
+        .port_u16()
+        .or_else(|| default_port(uri.scheme_str()));
+    let host = authority.host();
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    if let Some(bound) = shared.bound.get()
+        && port == Some(bound.port())
+    {
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>();
+        let named = match ip {
+            Ok(ip) => ip == bound.ip() || (ip.is_loopback() && bound.ip().is_loopback()),
+            Err(_) => host.eq_ignore_ascii_case("localhost") && bound.ip().is_loopback(),
+        };
+        if named {
+            return Some(path_and_query.to_owned());
+        }
+    }
+    let public = shared
+        .config
+        .proxy
+        .public_url
+        .as_deref()?
+        .parse::<http::Uri>()
+        .ok()?;
+    let public_authority = public.authority()?;
+    if !public_authority.host().eq_ignore_ascii_case(host)
+        || public_authority
+            .port_u16()
+            .or_else(|| default_port(public.scheme_str()))
+            != port
+    {
+        return None;
+    }
+    let rest = path_and_query
+        .strip_prefix(public.path().trim_end_matches('/'))
+        .unwrap_or(path_and_query);
+    Some(if rest.starts_with('/') {
+        rest.to_owned()
+    } else {
+        format!("/{rest}")
+    })
 }
 
 fn request_body(body: Incoming) -> RequestBody {

@@ -90,6 +90,33 @@ async fn forward_proxy_absolute_form_over_raw_tcp() {
     );
 }
 
+/// A tool whose `HTTP_PROXY` is the proxy and whose base URL is the proxy too sends the absolute
+/// form naming the proxy itself: that is read by its path, as the origin form is. Any other
+/// host no origin has is still refused (never an open proxy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_naming_the_proxy_itself_is_read_by_its_path() {
+    let w = World::start().await;
+    let own = w.proxy.addr;
+    for authority in [own.to_string(), format!("localhost:{}", own.port())] {
+        let bytes = format!(
+            "GET http://{authority}/repos/acme/widgets HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        );
+        let reply = raw(own, bytes.as_bytes()).await;
+        reply.assert_served(200, "app", "installed");
+        assert_eq!(
+            seen(&reply),
+            ("/repos/acme/widgets".into(), format!("app:{INST1}"))
+        );
+    }
+    let elsewhere = format!("127.0.0.1:{}", w.closed_port);
+    let bytes = format!(
+        "GET http://{elsewhere}/repos/acme/widgets HTTP/1.1\r\nHost: {elsewhere}\r\nConnection: close\r\n\r\n"
+    );
+    raw(own, bytes.as_bytes())
+        .await
+        .assert_error(403, "none", "unknown_host");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graphql_owner_from_variables_is_served_by_the_app() {
     let w = World::start().await;
