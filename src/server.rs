@@ -799,9 +799,11 @@ async fn phases(
     Ok(Response::from_parts(head, ResponseBody::Upstream(incoming)))
 }
 
-/// The origin-form path of an absolute-form `uri` that names the proxy itself: the address it
-/// is bound to (or `localhost` with its port, when bound to loopback), or `proxy.publicUrl`'s
-/// authority (whose path is then removed). Default ports count as written or not.
+/// The origin-form path of an absolute-form `uri` that names the proxy itself: any name with
+/// the port it is bound to (`http://gh-token-proxy:8080/...`: the name clients use for it, a
+/// Service or a host name, is not in the config), or `proxy.publicUrl`'s authority (whose path
+/// is then removed). Default ports count as written or not. No GitHub host is reached this way
+/// that the origin form could not reach: the path alone decides.
 fn own_address_path(shared: &Shared, uri: &http::Uri) -> Option<String> {
     let authority = uri.authority()?;
     let default_port = |scheme: Option<&str>| match scheme {
@@ -814,20 +816,12 @@ fn own_address_path(shared: &Shared, uri: &http::Uri) -> Option<String> {
         .or_else(|| default_port(uri.scheme_str()));
     let host = authority.host();
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    if let Some(bound) = shared.bound.get()
-        && port == Some(bound.port())
+    if shared
+        .bound
+        .get()
+        .is_some_and(|bound| port == Some(bound.port()))
     {
-        let ip = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>();
-        let named = match ip {
-            Ok(ip) => ip == bound.ip() || (ip.is_loopback() && bound.ip().is_loopback()),
-            Err(_) => host.eq_ignore_ascii_case("localhost") && bound.ip().is_loopback(),
-        };
-        if named {
-            return Some(path_and_query.to_owned());
-        }
+        return Some(path_and_query.to_owned());
     }
     let public = shared
         .config

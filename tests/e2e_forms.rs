@@ -97,7 +97,11 @@ async fn forward_proxy_absolute_form_over_raw_tcp() {
 async fn absolute_form_naming_the_proxy_itself_is_read_by_its_path() {
     let w = World::start().await;
     let own = w.proxy.addr;
-    for authority in [own.to_string(), format!("localhost:{}", own.port())] {
+    for authority in [
+        own.to_string(),
+        format!("localhost:{}", own.port()),
+        format!("gh-token-proxy.tools.svc:{}", own.port()),
+    ] {
         let bytes = format!(
             "GET http://{authority}/repos/acme/widgets HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
         );
