@@ -270,43 +270,26 @@ fn github_com_alias(config: &Config, uri: &http::Uri) -> Option<String> {
 /// (explicit or the scheme's) is the one `proxy.listen` binds (any loopback port when that is 0,
 /// as in tests). An authority a configured origin has is GitHub's, never the proxy's.
 fn proxy_address_path(config: &Config, uri: &http::Uri) -> Option<String> {
-    let authority = uri.authority()?;
-    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let port = authority
-        .port_u16()
-        .or_else(|| default_port(uri.scheme_str()));
-    let host = authority.host();
-    let same_host_port = |a: &http::uri::Authority, scheme: Option<&str>| {
-        a.host().eq_ignore_ascii_case(host) && a.port_u16().or_else(|| default_port(scheme)) == port
-    };
+    let host = uri.host()?;
+    let port = crate::route::effective_port(uri);
     let configured = config.integrations.iter().any(|i| {
         [Some(&i.api), i.raw.as_ref(), Some(&i.web), Some(&i.graphql)]
             .into_iter()
             .flatten()
             .any(|o| {
-                o.authority
-                    .parse::<http::uri::Authority>()
-                    .is_ok_and(|a| same_host_port(&a, Some(o.scheme.as_str())))
+                format!("{}://{}/", o.scheme.as_str(), o.authority)
+                    .parse::<http::Uri>()
+                    .is_ok_and(|base| {
+                        base.host().is_some_and(|h| h.eq_ignore_ascii_case(host))
+                            && crate::route::effective_port(&base) == port
+                    })
             })
     });
     if configured {
         return None;
     }
-    if let Some(public) = config.proxy.public_url.as_deref()
-        && let Ok(public) = public.parse::<http::Uri>()
-        && public
-            .authority()
-            .is_some_and(|a| same_host_port(a, public.scheme_str()))
-    {
-        let prefix = public.path().trim_end_matches('/');
-        let rest = path_and_query
-            .strip_prefix(prefix)
-            .unwrap_or(path_and_query);
-        return Some(if rest.starts_with('/') {
-            rest.to_owned()
-        } else {
-            format!("/{rest}")
-        });
+    if let Some(path) = crate::route::public_url_path(config, uri) {
+        return Some(path);
     }
     let listen = config.proxy.listen;
     let loopback = host.eq_ignore_ascii_case("localhost")
@@ -316,15 +299,11 @@ fn proxy_address_path(config: &Config, uri: &http::Uri) -> Option<String> {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     let ours = port == Some(listen.port()) || (listen.port() == 0 && loopback);
-    ours.then(|| path_and_query.to_owned())
-}
-
-fn default_port(scheme: Option<&str>) -> Option<u16> {
-    match scheme {
-        Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
-        Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
-        _ => None,
-    }
+    ours.then(|| {
+        uri.path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned()
+    })
 }
 
 fn mark(result: &str) -> &'static str {

@@ -97,6 +97,41 @@ impl RouteError {
     }
 }
 
+/// The port `uri` addresses: its own, else its scheme's default (`http` 80, `https` 443).
+pub fn effective_port(uri: &http::Uri) -> Option<u16> {
+    uri.port_u16().or_else(|| match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
+        Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
+        _ => None,
+    })
+}
+
+/// When an absolute-form `uri` addresses `proxy.publicUrl` (its host, and its port as written or
+/// by default), the origin-form path and query it asks the proxy for: `publicUrl`'s own path
+/// removed (`https://lb.example/ghproxy/repos/o/r` → `/repos/o/r`).
+pub fn public_url_path(config: &Config, uri: &http::Uri) -> Option<String> {
+    let public = config
+        .proxy
+        .public_url
+        .as_deref()?
+        .parse::<http::Uri>()
+        .ok()?;
+    if !public.host()?.eq_ignore_ascii_case(uri.host()?)
+        || effective_port(&public) != effective_port(uri)
+    {
+        return None;
+    }
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let rest = path_and_query
+        .strip_prefix(public.path().trim_end_matches('/'))
+        .unwrap_or(path_and_query);
+    Some(if rest.starts_with('/') {
+        rest.to_owned()
+    } else {
+        format!("/{rest}")
+    })
+}
+
 /// Routes a request by its method and request-target (`uri` as hyper parsed it: absolute form
 /// carries scheme and authority, origin form only path and query).
 pub fn route(config: &Config, method: &http::Method, uri: &http::Uri) -> Result<Route, RouteError> {

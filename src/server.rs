@@ -805,48 +805,20 @@ async fn phases(
 /// is then removed). Default ports count as written or not. No GitHub host is reached this way
 /// that the origin form could not reach: the path alone decides.
 fn own_address_path(shared: &Shared, uri: &http::Uri) -> Option<String> {
-    let authority = uri.authority()?;
-    let default_port = |scheme: Option<&str>| match scheme {
-        Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
-        Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
-        _ => None,
-    };
-    let port = authority
-        .port_u16()
-        .or_else(|| default_port(uri.scheme_str()));
-    let host = authority.host();
-    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    uri.authority()?;
+    let port = crate::route::effective_port(uri);
     if shared
         .bound
         .get()
         .is_some_and(|bound| port == Some(bound.port()))
     {
-        return Some(path_and_query.to_owned());
+        return Some(
+            uri.path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_owned(),
+        );
     }
-    let public = shared
-        .config
-        .proxy
-        .public_url
-        .as_deref()?
-        .parse::<http::Uri>()
-        .ok()?;
-    let public_authority = public.authority()?;
-    if !public_authority.host().eq_ignore_ascii_case(host)
-        || public_authority
-            .port_u16()
-            .or_else(|| default_port(public.scheme_str()))
-            != port
-    {
-        return None;
-    }
-    let rest = path_and_query
-        .strip_prefix(public.path().trim_end_matches('/'))
-        .unwrap_or(path_and_query);
-    Some(if rest.starts_with('/') {
-        rest.to_owned()
-    } else {
-        format!("/{rest}")
-    })
+    crate::route::public_url_path(&shared.config, uri)
 }
 
 fn request_body(body: Incoming) -> RequestBody {
