@@ -69,6 +69,10 @@ impl fmt::Display for Finding {
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
     pub findings: Vec<Finding>,
+    /// A file the `proxy` section names cannot be used (`caFile`, `audit.path`): `serve` would
+    /// refuse to start with exit 2 ("bad config"), so `check` exits 2 too, after listing every
+    /// finding.
+    pub bad_config: bool,
 }
 
 impl CheckReport {
@@ -99,14 +103,17 @@ impl CheckReport {
     }
 }
 
-/// Prints the report to stdout and picks the exit code (SPEC §2: 0 all good, 1 problems).
+/// Prints the report to stdout and picks the exit code (SPEC §2: 0 all good, 1 problems found,
+/// 2 bad config, as `serve` would exit for the same config).
 pub async fn check_main(config: Config, offline: bool) -> ExitCode {
     let report = run_check(Arc::new(config), offline).await;
     for finding in &report.findings {
         println!("{finding}");
     }
     println!("{}", report.summary());
-    if report.problems() == 0 {
+    if report.bad_config {
+        ExitCode::from(2)
+    } else if report.problems() == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -168,6 +175,12 @@ pub async fn run_check(config: Arc<Config>, offline: bool) -> CheckReport {
 /// `proxy.audit.path`: the proxy appends to the file, creating it if needed, so the file (when it
 /// exists) must open for appending, else its directory must let us create files.
 fn check_audit(config: &Config, report: &mut CheckReport) {
+    let before = report.problems();
+    check_audit_path(config, report);
+    report.bad_config |= report.problems() > before;
+}
+
+fn check_audit_path(config: &Config, report: &mut CheckReport) {
     let key = "proxy.audit.path".to_string();
     let AuditSink::File(path) = &config.proxy.audit else {
         report.push(Severity::Ok, None, key, "stdout".to_string());
@@ -278,6 +291,7 @@ fn check_upstream(config: &Config, report: &mut CheckReport) -> Option<UpstreamC
                 }
             };
             report.push(Severity::Fail, None, key.to_string(), message);
+            report.bad_config = true;
             None
         }
     }

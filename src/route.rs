@@ -205,6 +205,16 @@ pub fn route(config: &Config, method: &http::Method, uri: &http::Uri) -> Result<
         return Ok(build(m, Form::Default, query));
     }
     let remainder = strip_segment_prefix(path, "/api/v3").unwrap_or(path);
+    // With the leading `/api/v3` stripped (§4), `/graphql` is the GraphQL endpoint, also on a GHE
+    // default host, whose endpoint is `/api/graphql` and not under `/api/v3`.
+    if let Some(rest @ ("" | "/")) = remainder.strip_prefix("/graphql") {
+        let m = Match {
+            integration,
+            origin: &integration.graphql,
+            remainder: rest,
+        };
+        return Ok(build(m, Form::Default, query));
+    }
     let m = Match {
         integration,
         origin: &integration.api,
@@ -752,6 +762,17 @@ mod tests {
         let r = route(&c, &Method::POST, &"/api/graphql".parse().unwrap()).unwrap();
         assert_eq!(r.upstream_uri(), "https://ghe.acme.com/api/graphql");
         assert_eq!(r.upstream_target(), "/api/graphql");
+        // `/api/v3` stripped, `/graphql` is GHE's GraphQL endpoint, not `/api/v3/graphql`
+        for (p, upstream) in [
+            ("/api/v3/graphql", "https://ghe.acme.com/api/graphql"),
+            ("/api/v3/graphql/", "https://ghe.acme.com/api/graphql/"),
+            ("/graphql/", "https://ghe.acme.com/api/graphql/"),
+        ] {
+            let r = route(&c, &Method::POST, &p.parse().unwrap()).unwrap();
+            assert_eq!(r.origin, OriginKind::Graphql, "{p}");
+            assert_eq!(r.upstream_uri(), upstream, "{p}");
+            assert_eq!(r.target_path, "/graphql", "{p}");
+        }
     }
 
     #[test]

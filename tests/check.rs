@@ -334,8 +334,9 @@ async fn offline_flags_unreadable_ca_file_and_unwritable_audit_dir() {
             "proxy:\n",
             &format!("proxy:\n  audit:\n    path: {}\n", audit.display()),
         );
+    // Both are files `serve` could not use (it exits 2, bad config): check lists both, exits 2.
     let run = check_bin(&yaml, &["--offline"]).await;
-    run.assert_code(1);
+    run.assert_code(2);
     let fails = run.lines("FAIL ");
     assert_eq!(fails.len(), 2, "{}", run.all());
     assert!(
