@@ -112,6 +112,11 @@ pub struct Installations {
     last_failure: Mutex<Option<(u64, Instant, TokenError)>>,
     repos: DashMap<u64, Arc<RepoList>>,
     repo_locks: DashMap<u64, Arc<tokio::sync::Mutex<()>>>,
+    /// Installations whose mint GitHub answered 404/410, and when. GitHub's list can still show
+    /// an installation for a while after it is gone; without this, every request would list
+    /// and mint again. A list fetched within `miss_recheck` of the 404 leaves it out (its owner
+    /// reads as not installed, re-checked by the miss rule).
+    gone: Mutex<HashMap<u64, Instant>>,
 }
 
 struct RepoList {
@@ -129,7 +134,20 @@ impl Installations {
             last_failure: Mutex::new(None),
             repos: DashMap::new(),
             repo_locks: DashMap::new(),
+            gone: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A snapshot of a freshly fetched list, without the installations GitHub recently said
+    /// are gone.
+    fn fresh_snapshot(&self, mut list: Vec<Installation>) -> Snapshot {
+        let now = Instant::now();
+        let mut gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        gone.retain(|_, at| now.saturating_duration_since(*at) < self.policy.miss_recheck);
+        if !gone.is_empty() {
+            list.retain(|i| !gone.contains_key(&i.id));
+        }
+        Snapshot::new(list, now)
     }
 
     fn current(&self) -> Arc<Snapshot> {
@@ -171,7 +189,7 @@ impl Installations {
             // will say if it is really gone) rather than pushing every request to the PAT.
             Err(err) => return seen.find(owner).map(Some).ok_or(err),
         };
-        let snap = Arc::new(Snapshot::new(list, Instant::now()));
+        let snap = Arc::new(self.fresh_snapshot(list));
         let found = snap.find(owner);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
         Ok(found)
@@ -199,7 +217,7 @@ impl Installations {
         if let Some(err) = self.failed_since(seen_fetches) {
             return Err(err);
         }
-        let snap = Arc::new(Snapshot::new(self.finish(fetch().await)?, Instant::now()));
+        let snap = Arc::new(self.fresh_snapshot(self.finish(fetch().await)?));
         let list = snap.list.clone();
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
         Ok(list)
@@ -239,8 +257,12 @@ impl Installations {
     }
 
     /// Forgets installation `id` (a mint answered 404/410: it was uninstalled): the next lookup
-    /// fetches the list again.
+    /// fetches the list again, and for `miss_recheck` leaves `id` out of it.
     pub fn forget(&self, id: u64) {
+        self.gone
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
         let mut slot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
         let list: Vec<Installation> = slot.list.iter().filter(|i| i.id != id).cloned().collect();
         let mut snap = Snapshot::new(list, Instant::now());
@@ -367,6 +389,35 @@ mod tests {
         cache.forget(1);
         cache.lookup("acme", fetch).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_installation_gone_but_still_listed_is_not_fetched_and_minted_on_every_request() {
+        // GitHub's list still shows installation 1 after its mint answered 404.
+        let cache = Installations::new(CachePolicy::default());
+        let calls = AtomicU64::new(0);
+        let fetch = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![inst(1, "acme"), inst(2, "other")])
+        };
+        assert_eq!(cache.lookup("acme", fetch).await.unwrap().unwrap().id, 1);
+        cache.forget(1);
+        // One fresh list, which leaves the gone installation out: not installed.
+        assert!(cache.lookup("acme", fetch).await.unwrap().is_none());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Others in the same list are unaffected.
+        assert_eq!(cache.lookup("other", fetch).await.unwrap().unwrap().id, 2);
+        // The miss rule holds: no further fetch within the minute.
+        for _ in 0..10 {
+            assert!(cache.lookup("acme", fetch).await.unwrap().is_none());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // After it, the listed installation is believed again (its mint will tell).
+        tokio::time::advance(MISS_RECHECK).await;
+        assert_eq!(cache.lookup("acme", fetch).await.unwrap().unwrap().id, 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let all = cache.all(fetch).await.unwrap();
+        assert_eq!(all.len(), 2);
     }
 
     #[tokio::test(start_paused = true)]
