@@ -692,9 +692,18 @@ fn build(tree: &Value, notes: Notes) -> Result<Config, ConfigError> {
         ConfigError::Invalid { key, mut message } => {
             for (path, var) in &unset {
                 let related = key == *path
+                    // the error is inside what the variable removed
                     || key
                         .strip_prefix(path.as_str())
-                        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['));
+                        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+                    // the error is about the mapping the removed key belonged to
+                    // ("set exactly one of key or keySha256")
+                    || path
+                        .strip_prefix(key.as_str())
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .is_some_and(|name| !name.contains(['.', '[']))
+                    // the non-loopback `listen` refusal is what that flag would have allowed
+                    || (key == "proxy.listen" && path == "proxy.allowUnauthenticatedClients");
                 if related && !message.contains(var.as_str()) {
                     message.push_str(&format!(" ({var} is not set, so {path} is absent)"));
                 }
@@ -1859,6 +1868,19 @@ proxy:
         .unwrap_err()
         .to_string();
         assert!(e.contains("APP_ID is not set"), "{e}");
+        // An error about the mapping the removed key was in, or that the key would have allowed.
+        let e = Config::from_yaml("proxy:\n  clients:\n    - name: a\n      keySha256: ${KSHA}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("proxy.clients[0]: "), "{e}");
+        assert!(e.contains("KSHA is not set"), "{e}");
+        let e = Config::from_yaml(
+            "proxy:\n  listen: 0.0.0.0:8080\n  allowUnauthenticatedClients: ${ALLOW}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("proxy.listen: "), "{e}");
+        assert!(e.contains("ALLOW is not set"), "{e}");
         // An unrelated unset variable is not mentioned.
         let e = Config::from_yaml(
             "integrations:\n  github:\n    - host: ghe.example.com\n      token: ${T}\n",
