@@ -272,20 +272,7 @@ fn github_com_alias(config: &Config, uri: &http::Uri) -> Option<String> {
 fn proxy_address_path(config: &Config, uri: &http::Uri) -> Option<String> {
     let host = uri.host()?;
     let port = crate::route::effective_port(uri);
-    let configured = config.integrations.iter().any(|i| {
-        [Some(&i.api), i.raw.as_ref(), Some(&i.web), Some(&i.graphql)]
-            .into_iter()
-            .flatten()
-            .any(|o| {
-                format!("{}://{}/", o.scheme.as_str(), o.authority)
-                    .parse::<http::Uri>()
-                    .is_ok_and(|base| {
-                        base.host().is_some_and(|h| h.eq_ignore_ascii_case(host))
-                            && crate::route::effective_port(&base) == port
-                    })
-            })
-    });
-    if configured {
+    if crate::route::is_configured_authority(config, uri) {
         return None;
     }
     if let Some(path) = crate::route::public_url_path(config, uri) {

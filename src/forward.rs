@@ -118,7 +118,11 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, authority: &str) -> Resu
     let host = HeaderValue::from_str(authority)
         .map_err(|_| ProxyError::InvalidRequest("upstream authority is not a valid Host".into()))?;
     headers.insert(header::HOST, host);
-    if !headers.contains_key(header::USER_AGENT) {
+    // GitHub refuses a request without a User-Agent; an empty (or blank) one is as good as none.
+    if headers
+        .get(header::USER_AGENT)
+        .is_none_or(|ua| ua.as_bytes().iter().all(u8::is_ascii_whitespace))
+    {
         headers.insert(
             header::USER_AGENT,
             HeaderValue::from_static(DEFAULT_USER_AGENT),
@@ -789,6 +793,12 @@ mod tests {
             h["user-agent"],
             format!("gh-token-proxy/{}", env!("CARGO_PKG_VERSION"))
         );
+        // An empty one (`curl -H 'User-Agent;'`) too, and only one is sent.
+        let mut h = HeaderMap::new();
+        h.append("user-agent", HeaderValue::from_static(""));
+        prepare_request_headers(&mut h, "api.github.com").unwrap();
+        assert_eq!(h.get_all("user-agent").iter().count(), 1);
+        assert_eq!(h["user-agent"], DEFAULT_USER_AGENT);
     }
 
     #[test]

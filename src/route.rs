@@ -106,6 +106,29 @@ pub fn effective_port(uri: &http::Uri) -> Option<u16> {
     })
 }
 
+/// Whether `uri`'s host and port (as written or by default) are those of a configured origin.
+/// Such an authority is GitHub's, never the proxy's own, even on a path outside the origin's
+/// prefix (a mirror at `http://10.0.0.5:8080/api/v3` beside a proxy on port 8080).
+pub fn is_configured_authority(config: &Config, uri: &http::Uri) -> bool {
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let port = effective_port(uri);
+    config.integrations.iter().any(|i| {
+        [Some(&i.api), i.raw.as_ref(), Some(&i.web), Some(&i.graphql)]
+            .into_iter()
+            .flatten()
+            .any(|o| {
+                format!("{}://{}/", o.scheme.as_str(), o.authority)
+                    .parse::<http::Uri>()
+                    .is_ok_and(|base| {
+                        base.host().is_some_and(|h| h.eq_ignore_ascii_case(host))
+                            && effective_port(&base) == port
+                    })
+            })
+    })
+}
+
 /// When an absolute-form `uri` addresses `proxy.publicUrl` (its host, and its port as written or
 /// by default), the origin-form path and query it asks the proxy for: `publicUrl`'s own path
 /// removed (`https://lb.example/ghproxy/repos/o/r` → `/repos/o/r`).

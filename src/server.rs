@@ -583,6 +583,12 @@ async fn phases(
         );
     }
 
+    // RFC 9112 §3.2: a request with more than one Host, or an invalid one, is refused. The Host
+    // is the base `Link`/`Location` URLs are rewritten to when `publicUrl` is not set.
+    if let Err(message) = check_host(&parts.headers) {
+        return refuse(record, ProxyError::InvalidRequest(message.into()));
+    }
+
     // Client, before anything about the request's target is answered: with `clients` configured,
     // a caller without a valid key gets `407` (§6) and learns nothing else, not even which hosts
     // are configured or how a path is judged.
@@ -799,13 +805,75 @@ async fn phases(
     Ok(Response::from_parts(head, ResponseBody::Upstream(incoming)))
 }
 
+/// At most one `Host`, and that one `host[:port]` as RFC 3986 spells it (a reg-name, an IPv4
+/// address or a bracketed IPv6 literal; no userinfo, path or query). Empty is allowed (§7.2 of
+/// RFC 9110: a target URI without an authority).
+fn check_host(headers: &http::HeaderMap) -> Result<(), &'static str> {
+    let mut all = headers.get_all(header::HOST).iter();
+    let Some(host) = all.next() else {
+        return Ok(());
+    };
+    if all.next().is_some() {
+        return Err("more than one Host header");
+    }
+    let bytes = host.as_bytes();
+    let (name, port) = match bytes.iter().rposition(|&b| b == b':') {
+        // `[::1]` has colons inside its brackets: only one after `]` starts a port.
+        Some(i) if !bytes.starts_with(b"[") || bytes[..i].ends_with(b"]") => {
+            (&bytes[..i], Some(&bytes[i + 1..]))
+        }
+        _ => (bytes, None),
+    };
+    let name_ok = match name {
+        [b'[', inner @ .., b']'] => {
+            !inner.is_empty()
+                && inner
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
+        _ => name.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        }),
+    };
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    if name_ok && port_ok {
+        Ok(())
+    } else {
+        Err("the Host header is not a valid host[:port]")
+    }
+}
+
 /// The origin-form path of an absolute-form `uri` that names the proxy itself: any name with
 /// the port it is bound to (`http://gh-token-proxy:8080/...`: the name clients use for it, a
 /// Service or a host name, is not in the config), or `proxy.publicUrl`'s authority (whose path
 /// is then removed). Default ports count as written or not. No GitHub host is reached this way
-/// that the origin form could not reach: the path alone decides.
+/// that the origin form could not reach: the path alone decides. A configured origin's authority
+/// is never the proxy's, even outside that origin's path prefix: such a request was meant for
+/// that GitHub, and reading it as the default host's would send it elsewhere, with another
+/// credential.
 fn own_address_path(shared: &Shared, uri: &http::Uri) -> Option<String> {
     uri.authority()?;
+    if crate::route::is_configured_authority(&shared.config, uri) {
+        return None;
+    }
     let port = crate::route::effective_port(uri);
     if shared
         .bound

@@ -174,3 +174,82 @@ async fn clients_need_a_key_and_stay_inside_their_policy() {
     assert!(!text.contains("k-catalog-123"));
     assert!(!text.contains("ghp_testpat"));
 }
+
+/// A configured origin's authority is GitHub's even when it shares the proxy's port, and even
+/// outside the origin's path prefix: such a request is refused `unknown_host`, not read as one to
+/// the proxy itself (which would send it to the default host, with the default host's PAT).
+#[tokio::test]
+async fn a_configured_authority_on_the_proxy_port_is_never_read_as_the_proxy() {
+    let upstream = Upstream::ok().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let yaml = format!(
+        "integrations:\n  github:\n    - host: github.com\n      apiBaseUrl: http://{}\n      token: ghp_default\n    - host: mirror.test\n      apiBaseUrl: http://127.0.0.2:{port}/api/v3\n      token: ghp_mirror\nproxy:\n  listen: 127.0.0.1:0\n",
+        upstream.addr
+    );
+    let proxy = TestProxy::start_on(listener, &yaml).await;
+    let absolute = |url: String| {
+        let host = url.split('/').nth(2).unwrap().to_owned();
+        Request::get(url)
+            .header("host", host)
+            .body(full(Bytes::new()))
+            .unwrap()
+    };
+    // The mirror's authority, outside its `/api/v3` prefix.
+    let (r, _) = proxy
+        .send(absolute(format!("http://127.0.0.2:{port}/repos/o/r")))
+        .await;
+    assert_refusal(&r, StatusCode::FORBIDDEN, "unknown_host");
+    // The proxy's own address is still read by its path (default host).
+    let (r, _) = proxy
+        .send(absolute(format!("http://127.0.0.1:{port}/repos/o/r")))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(upstream.seen().len(), 1);
+    assert_eq!(upstream.seen()[0].uri, "/repos/o/r");
+}
+
+/// RFC 9112 §3.2: two `Host` headers, or one that is not `host[:port]`, get `400
+/// invalid_request` and reach nothing (the Host is the base pagination links are rewritten to).
+#[tokio::test]
+async fn duplicate_or_malformed_host_is_an_invalid_request() {
+    let upstream = Upstream::ok().await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    for host_lines in [
+        "Host: a.example\r\nHost: b.example\r\n",
+        "Host: evil.example/x?\r\n",
+        "Host: user@evil.example\r\n",
+        "Host: evil.example:80x\r\n",
+        "Host: [::1\r\n",
+    ] {
+        let text = raw_exchange(
+            proxy.addr,
+            format!("GET /repos/o/r HTTP/1.1\r\n{host_lines}Connection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(text.starts_with("HTTP/1.1 400 "), "{host_lines:?}: {text}");
+        assert!(text.contains("\"reason\":\"invalid_request\""), "{text}");
+        assert!(
+            text.contains("x-credential-reason: invalid_request"),
+            "{text}"
+        );
+    }
+    assert!(upstream.seen().is_empty());
+    for host in ["gh-proxy.internal:8080", "127.0.0.1", "[::1]:8080", ""] {
+        let text = raw_exchange(
+            proxy.addr,
+            format!("GET /repos/o/r HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(text.starts_with("HTTP/1.1 200 "), "{host:?}: {text}");
+    }
+    assert_eq!(upstream.seen().len(), 4);
+    let records = proxy.stop().await;
+    assert_eq!(records.len(), 9);
+    assert!(
+        records[..5]
+            .iter()
+            .all(|r| r["reason"] == "invalid_request" && r["status"] == 400)
+    );
+}

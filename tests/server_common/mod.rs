@@ -145,13 +145,18 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts the proxy with this YAML config (its `proxy.audit.path` is replaced by a temp file).
     pub async fn start(yaml: &str) -> TestProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, yaml).await
+    }
+
+    /// As [`TestProxy::start`], on a listener the caller bound (so the config can name its port).
+    pub async fn start_on(listener: TcpListener, yaml: &str) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let audit_path = dir.path().join("audit.log");
         let yaml = format!("{yaml}\n  audit:\n    path: {}\n", audit_path.display());
         let config = Arc::new(Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}")));
         let server = Server::new(config).unwrap();
         let shared = server.shared().clone();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
