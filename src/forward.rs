@@ -336,9 +336,16 @@ pub async fn send(
     response_timeout: Duration,
     request: Request<UpstreamBody>,
     authority: &str,
+    partition: u64,
 ) -> Result<Response<PooledBody>, ProxyError> {
     let (request, sent) = crate::pool::track_body(request);
-    let sending = pool.send_tracked(scheme == Scheme::Https, authority, request, sent.clone());
+    let sending = pool.send_tracked(
+        scheme == Scheme::Https,
+        authority,
+        partition,
+        request,
+        sent.clone(),
+    );
     let answered = match sent {
         None => tokio::time::timeout(response_timeout, sending).await.ok(),
         // Boxed: requests with a body are the rarer kind; unboxed, this state would be part of
@@ -407,6 +414,7 @@ impl Forwarder<'_> {
             timeout,
             request,
             &self.route.authority,
+            self.pool_partition(),
         )
         .await?;
         if response.status() != StatusCode::UNAUTHORIZED
@@ -470,6 +478,7 @@ impl Forwarder<'_> {
             timeout,
             request,
             &self.route.authority,
+            self.pool_partition(),
         )
         .await?;
         // Rejected again: this token must not serve anyone else either. No second retry.
@@ -479,6 +488,17 @@ impl Forwarder<'_> {
             self.evict(resolution);
         }
         Ok(response)
+    }
+
+    /// The forwarding pool's partition for this request: its client's (the first bytes of the
+    /// key's SHA-256), so an upstream connection never carries two clients' requests (see
+    /// [`ForwardPool::send_tracked`]). Without `clients`, callers are not told apart: one.
+    fn pool_partition(&self) -> u64 {
+        self.client.map_or(0, |c| {
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&c.key_sha256[..8]);
+            u64::from_le_bytes(first) | 1
+        })
     }
 
     /// Drops `resolution`'s App token from the cache; its age when it was minted here.

@@ -73,6 +73,8 @@ struct Idle {
 struct Origin {
     https: bool,
     authority: Box<str>,
+    /// Whose requests these connections carry ([`ForwardPool::send_tracked`]).
+    partition: u64,
     idle: Vec<Idle>,
     /// Requests waiting for a connection while their own is being opened: a connection coming
     /// back goes to the first of them instead of the idle list, so a burst is served by the
@@ -81,7 +83,7 @@ struct Origin {
     waiters: std::collections::VecDeque<oneshot::Sender<SendRequest<UpstreamBody>>>,
 }
 
-/// Keep-alive connections per upstream origin (scheme and authority).
+/// Keep-alive connections per upstream origin (scheme and authority) and partition.
 pub struct ForwardPool {
     connector: HttpsConnector<HttpConnector>,
     idle_timeout: Duration,
@@ -151,21 +153,29 @@ impl ForwardPool {
         request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let (request, sent) = track_body(request);
-        self.send_tracked(https, authority, request, sent).await
+        self.send_tracked(https, authority, 0, request, sent).await
     }
 
     /// As [`ForwardPool::send`], for a request already passed through [`track_body`] (the
     /// caller also waits on its [`BodySent`]).
+    ///
+    /// `partition` keeps connections apart: one carries only requests of the same partition
+    /// (the proxy's client). HTTP/1 pairs responses with requests by order alone, so an upstream
+    /// that sends one response too many after the next request went out hands every later
+    /// response on that connection to the wrong request; within one client, that request was
+    /// one the client was allowed to make anyway.
     pub async fn send_tracked(
         self: &Arc<Self>,
         https: bool,
         authority: &str,
+        partition: u64,
         mut request: Request<UpstreamBody>,
         sent: Option<Arc<BodySent>>,
     ) -> Result<Response<PooledBody>, SendError> {
         let mut stale = 0;
         loop {
-            let (slot, reused, mut sender) = match self.checkout(https, authority).await {
+            let (slot, reused, mut sender) = match self.checkout(https, authority, partition).await
+            {
                 (slot, Some(sender)) => (slot, true, sender),
                 // Boxed: the connect and handshake state is large and rarely needed; unboxed it
                 // would be part of (and copied with) every request's future.
@@ -206,20 +216,21 @@ impl ForwardPool {
         self: &Arc<Self>,
         https: bool,
         authority: &str,
+        partition: u64,
     ) -> (usize, Option<SendRequest<UpstreamBody>>) {
         loop {
             let (slot, candidate) = {
                 let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-                let slot = match origins
-                    .iter()
-                    .position(|o| o.https == https && &*o.authority == authority)
-                {
+                let slot = match origins.iter().position(|o| {
+                    o.https == https && o.partition == partition && &*o.authority == authority
+                }) {
                     Some(slot) => slot,
                     None => {
                         self.start_reaper();
                         origins.push(Origin {
                             https,
                             authority: authority.into(),
+                            partition,
                             idle: Vec::new(),
                             waiters: std::collections::VecDeque::new(),
                         });

@@ -119,6 +119,19 @@ impl Resolver {
             .find(|(_, app)| app.public_access);
         match public {
             None => {}
+            // §5: a request with no owner resolves with reason `no_owner` (PAT, anonymous or
+            // refusal). An installation token of some unrelated owner cannot serve `/user`
+            // ("Resource not accessible by integration"), and on `/rate_limit` it would report
+            // the installation's budget instead of the PAT's.
+            Some((_, app)) if owner.is_none() => {
+                steps.push(step(
+                    "public_access",
+                    Some(app.app_id),
+                    NOT_APPLICABLE,
+                    Some(Reason::NoOwner),
+                    Some("the request has no owner".to_string()),
+                ));
+            }
             Some((_, app)) if !(method == http::Method::GET || method == http::Method::HEAD) => {
                 steps.push(step(
                     "public_access",
@@ -416,11 +429,7 @@ fn refusal_message(
             todo.push(fix);
         }
     }
-    if owner.is_none() && app_reasons.is_empty() {
-        todo.push(
-            "name the owner with the X-GitHub-Owner header or set proxy.defaultOwner".to_string(),
-        );
-    }
+    // Without an App, naming an owner changes nothing: only a PAT can serve.
     if app_reasons.is_empty() {
         tried.push("no GitHub App is configured".to_string());
     }
@@ -483,6 +492,13 @@ mod tests {
              repository 'widgets' and integrations.github[0].token is not set; unsuspend the \
              App's installation on 'acme' or add 'widgets' to the App installation's \
              repositories or configure a PAT"
+        );
+        // No App and no owner: naming an owner would not help, only a PAT.
+        let message = refusal_message(integration, None, None, &[]);
+        assert_eq!(
+            message,
+            "no GitHub credential for a request with no owner on github.com: no GitHub App is \
+             configured and integrations.github[0].token is not set; configure a PAT"
         );
     }
 }

@@ -76,6 +76,9 @@ impl Route {
 pub struct RouteError {
     pub reason: Reason,
     pub message: String,
+    /// For `invalid_path`: the authority the request would have gone to, for its audit record
+    /// (it was addressed to that origin; only its path was refused).
+    pub authority: Option<String>,
 }
 
 impl RouteError {
@@ -83,6 +86,7 @@ impl RouteError {
         RouteError {
             reason,
             message: message.into(),
+            authority: None,
         }
     }
 
@@ -158,6 +162,23 @@ pub fn public_url_path(config: &Config, uri: &http::Uri) -> Option<String> {
 /// Routes a request by its method and request-target (`uri` as hyper parsed it: absolute form
 /// carries scheme and authority, origin form only path and query).
 pub fn route(config: &Config, method: &http::Method, uri: &http::Uri) -> Result<Route, RouteError> {
+    route_checked(config, method, uri, true).map_err(|mut e| {
+        if e.reason == Reason::InvalidPath {
+            e.authority = route_checked(config, method, uri, false)
+                .ok()
+                .map(|r| r.authority);
+        }
+        e
+    })
+}
+
+/// [`route`]; `check_path: false` only to learn where a refused path was addressed.
+fn route_checked(
+    config: &Config,
+    method: &http::Method,
+    uri: &http::Uri,
+    check_path: bool,
+) -> Result<Route, RouteError> {
     if method == http::Method::CONNECT {
         return Err(RouteError::new(
             Reason::ConnectNotSupported,
@@ -187,7 +208,9 @@ pub fn route(config: &Config, method: &http::Method, uri: &http::Uri) -> Result<
                 "request URL must not contain userinfo (user@host)",
             ));
         }
-        check_route_path(path)?;
+        if check_path {
+            check_route_path(path)?;
+        }
         let path = if path.is_empty() { "/" } else { path };
         let (host, port) = split_authority(authority.as_str())
             .ok_or_else(|| RouteError::unknown_host(authority.as_str()))?;
@@ -201,7 +224,9 @@ pub fn route(config: &Config, method: &http::Method, uri: &http::Uri) -> Result<
             "request target must be an absolute URL or a path starting with '/'",
         ));
     }
-    check_route_path(path)?;
+    if check_path {
+        check_route_path(path)?;
+    }
     let rest = path.get(1..).unwrap_or("");
     let (first, after) = match rest.find('/') {
         Some(i) => rest.split_at(i),

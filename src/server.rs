@@ -617,7 +617,10 @@ async fn phases(
                 None => return refuse(record, ProxyError::from_reason(e.reason, e.message)),
             }
         }
-        Err(e) => return refuse(record, ProxyError::from_reason(e.reason, e.message)),
+        Err(e) => {
+            record.host = e.authority;
+            return refuse(record, ProxyError::from_reason(e.reason, e.message));
+        }
     };
     record.host = Some(route.authority.clone());
     record.path = Some(route.upstream_path.clone());

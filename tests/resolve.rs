@@ -115,6 +115,13 @@ async fn public_access_serves_get_with_first_admitted_installation() {
     .await;
     assert_decision(&r, CredentialKind::None, Reason::NoCredential);
     assert_eq!(r.steps[1].result, "not_applicable");
+
+    // Not for a request with no owner (§5: `no_owner`, PAT, anonymous or refusal).
+    let r = resolve(&config, &resolver, Method::GET, None, None).await;
+    assert_decision(&r, CredentialKind::None, Reason::NoCredential);
+    assert_eq!(r.steps[1].check, "public_access");
+    assert_eq!(r.steps[1].result, "not_applicable");
+    assert_eq!(r.steps[1].reason, Some(Reason::NoOwner));
 }
 
 #[tokio::test]

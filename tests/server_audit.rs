@@ -70,6 +70,8 @@ async fn refused_request_has_a_record_with_nulls() {
     assert_audit_fields(r);
     assert_eq!(r["credential"], "none");
     assert_eq!(r["reason"], "invalid_path");
+    // It was addressed to the api origin; only its path was refused.
+    assert_eq!(r["host"], upstream.addr.to_string());
     assert_eq!(r["status"], 400);
     assert!(r["upstream_status"].is_null());
     assert!(r["github_request_id"].is_null());
