@@ -60,8 +60,10 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, plus the
-/// fixed list. Applies both ways.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// fixed list. Applies both ways. With `Transfer-Encoding`, a `Content-Length` is removed too
+/// (RFC 9112 §6.3: the coding overrides it, and a forwarded message must not keep both); the
+/// return value says whether that happened, a framing the caller should treat as suspect.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // One pass over the names finds which are present, and only those are removed: most
     // requests carry none, and a keep-alive upstream's responses only `Connection: keep-alive`,
     // so hashed removals of all seven on every exchange would be wasted.
@@ -74,8 +76,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if !any {
-        return;
+        return false;
     }
+    // `present[3]`: Transfer-Encoding.
+    let ambiguous = present[3] && headers.remove(header::CONTENT_LENGTH).is_some();
     if present[0] {
         // Collected first because removing while iterating `Connection` values is not possible.
         // The usual tokens (`keep-alive`, `close`) name no header that is there: nothing to
@@ -98,6 +102,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    ambiguous
 }
 
 /// The request header rules of §8 and §6: hop-by-hop gone; the client's `Authorization`,
@@ -562,14 +567,15 @@ impl UpstreamMeta {
 }
 
 /// The response header rules: hop-by-hop gone, `Link`/`Location` pointed back at the proxy the
-/// way the client reached it. `proxy_base` is computed only when a header needs it.
+/// way the client reached it. `proxy_base` is computed only when a header needs it. Returns
+/// whether the framing was ambiguous (see [`strip_hop_by_hop`]).
 pub fn rewrite_response_headers(
     headers: &mut HeaderMap,
     config: &Config,
     form: Form,
     proxy_base: impl Fn() -> String,
-) {
-    strip_hop_by_hop(headers);
+) -> bool {
+    let ambiguous = strip_hop_by_hop(headers);
     let mut base: Option<String> = None;
     for name in [header::LINK, header::LOCATION] {
         let header::Entry::Occupied(mut entry) = headers.entry(name) else {
@@ -600,6 +606,7 @@ pub fn rewrite_response_headers(
             }
         }
     }
+    ambiguous
 }
 
 /// The body sent to the client: GitHub's, streamed, or the proxy's own (errors, admin).

@@ -490,6 +490,14 @@ pub struct PooledBody {
     checkin: Option<Checkin>,
 }
 
+impl PooledBody {
+    /// The connection is not handed back when this body ends: it answered in a way that
+    /// leaves its state in doubt.
+    pub fn forbid_reuse(&mut self) {
+        self.checkin = None;
+    }
+}
+
 impl Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -638,6 +646,40 @@ mod tests {
         pool.reap();
         assert_eq!(idle_count(&pool), 1);
         assert!(events.try_recv().is_err(), "one connection, never closed");
+    }
+
+    /// A connection carries only its partition's (one client's) requests: HTTP/1 pairs
+    /// responses with requests by order alone, so an upstream's framing mistake must not be
+    /// able to hand one client's response to another.
+    #[tokio::test]
+    async fn partitions_never_share_a_connection() {
+        let (authority, mut events) = upstream().await;
+        let pool = pool(Duration::from_secs(600));
+        let get_as = |partition: u64| {
+            let pool = pool.clone();
+            let authority = authority.clone();
+            async move {
+                let request = Request::builder()
+                    .uri("/x")
+                    .header(http::header::HOST, &authority)
+                    .body(UpstreamBody::new(Empty::new().map_err(|e| match e {})))
+                    .unwrap();
+                let response = pool
+                    .send_tracked(false, &authority, partition, request, None)
+                    .await
+                    .unwrap();
+                response.into_body().collect().await.unwrap();
+            }
+        };
+        for _ in 0..3 {
+            get_as(7).await;
+            get_as(9).await;
+        }
+        // Two connections, one per partition, each reused.
+        assert_eq!(next(&mut events).await, "accepted");
+        assert_eq!(next(&mut events).await, "accepted");
+        assert!(events.try_recv().is_err(), "no third connection");
+        assert_eq!(idle_count(&pool), 2);
     }
 
     /// The upstream answers a POST as soon as it has the head (as GitHub may, with an error)

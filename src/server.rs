@@ -588,6 +588,16 @@ async fn phases(
     if let Err(message) = check_host(&parts.headers) {
         return refuse(record, ProxyError::InvalidRequest(message.into()));
     }
+    // RFC 9112 §6.1: hyper decodes `chunked` only; a body in another coding (`gzip, chunked`)
+    // would go upstream without its coding named.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) && !only_chunked(&parts.headers) {
+        return refuse(
+            record,
+            ProxyError::InvalidRequest(
+                "Transfer-Encoding other than chunked is not supported".into(),
+            ),
+        );
+    }
 
     // Client, before anything about the request's target is answered: with `clients` configured,
     // a caller without a valid key gets `407` (§6) and learns nothing else, not even which hosts
@@ -762,8 +772,17 @@ async fn phases(
         .await?;
 
     // The response head.
-    let (mut head, incoming) = response.into_parts();
+    let (mut head, mut incoming) = response.into_parts();
     record.upstream_status = Some(head.status.as_u16());
+    // The proxy never forwards `Upgrade` (§8), so a 101 answers a request nobody made: the
+    // connection is in an unknown state and the client cannot use the answer.
+    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        incoming.forbid_reuse();
+        return Err(ProxyError::UpstreamUnreachable(format!(
+            "{} answered 101 Switching Protocols to a request that did not ask to upgrade",
+            route.authority
+        )));
+    }
     let meta = UpstreamMeta::from_headers(&head.headers);
     if let Some(remaining) = meta.rate_limit_remaining {
         shared.metrics.observe_rate_limit(
@@ -793,19 +812,36 @@ async fn phases(
             }
         }
     }
-    crate::forward::rewrite_response_headers(
-        &mut head.headers,
-        config,
-        route.form,
-        || match &config.proxy.public_url {
-            Some(base) => base.clone(),
-            None => match host.as_ref().and_then(|h| h.to_str().ok()) {
-                Some(host) => format!("http://{host}"),
-                None => format!("http://{}", config.proxy.listen),
-            },
-        },
-    );
+    let ambiguous =
+        crate::forward::rewrite_response_headers(&mut head.headers, config, route.form, || {
+            match &config.proxy.public_url {
+                Some(base) => base.clone(),
+                None => match host.as_ref().and_then(|h| h.to_str().ok()) {
+                    Some(host) => format!("http://{host}"),
+                    None => format!("http://{}", config.proxy.listen),
+                },
+            }
+        });
+    // Both `Transfer-Encoding` and `Content-Length`: the length was dropped and the chunked
+    // body is forwarded (RFC 9112 §6.3), but such a response "ought to be handled as an error":
+    // its connection is not used again.
+    if ambiguous {
+        incoming.forbid_reuse();
+    }
     Ok(Response::from_parts(head, ResponseBody::Upstream(incoming)))
+}
+
+/// Whether every `Transfer-Encoding` value is exactly `chunked`, once.
+fn only_chunked(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    codings
+        .next()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none()
 }
 
 /// At most one `Host`, and that one `host[:port]` as RFC 3986 spells it (a reg-name, an IPv4
@@ -965,7 +1001,8 @@ fn error_response(err: &ProxyError, record: &mut AuditRecord) -> Response<Respon
             _,
         ) => {
             record.outcome = Outcome::Aborted;
-            return Response::new(ResponseBody::full(err.body()));
+            // Nobody to send it to: an empty body, so `bytes_out` stays 0.
+            return Response::new(ResponseBody::empty());
         }
         (ProxyError::RequestBody { .. }, _) => record.outcome = Outcome::Refused,
         (_, Fault::Upstream) => record.outcome = Outcome::UpstreamError,
@@ -1120,6 +1157,10 @@ impl Body for LoggedBody {
                 return Poll::Ready(None);
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                // Trailers are dropped (`Trailer` is hop-by-hop here, §8): hyper would end the
+                // response after them without polling for the end, and the exchange would read
+                // as cut short. The upstream body's end comes next.
+                Some(Ok(frame)) if frame.is_trailers() => {}
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         this.bytes_out += data.len() as u64;

@@ -368,6 +368,7 @@ async fn a_failing_request_body_is_the_clients_fault_not_githubs() {
         "{r}"
     );
     assert!(r["status"].is_null(), "{r}");
+    assert_eq!(r["bytes_out"], 0, "{r}");
 
     // The same while the proxy reads a GraphQL body to find its owner (nothing decided yet).
     let mut stream = TcpStream::connect(w.proxy.addr).await.unwrap();
@@ -383,4 +384,5 @@ async fn a_failing_request_body_is_the_clients_fault_not_githubs() {
     let r = &records[2];
     assert_eq!(r["outcome"], "aborted", "{r}");
     assert!(r["status"].is_null(), "{r}");
+    assert_eq!(r["bytes_out"], 0, "{r}");
 }
