@@ -528,9 +528,21 @@ impl Forwarder<'_> {
 fn build(
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: UpstreamBody,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
+    // A body of unknown length (the client sent it chunked; `Transfer-Encoding` is hop-by-hop and
+    // was removed) goes on chunked. Said explicitly: for GET and HEAD hyper would otherwise send
+    // no body at all and drop the client's silently.
+    if !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !headers.contains_key(header::CONTENT_LENGTH)
+    {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;

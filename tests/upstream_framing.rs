@@ -15,10 +15,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A raw upstream: on every connection, answers each request head with the bytes `script`
-/// gives for its path, and counts the connections it accepted.
+/// gives for its path, and counts the connections it accepted. A chunked request body is read
+/// (up to its last chunk) and kept, raw.
 struct RawUpstream {
     addr: SocketAddr,
     accepted: Arc<Mutex<usize>>,
+    bodies: Arc<Mutex<Vec<String>>>,
 }
 
 impl RawUpstream {
@@ -26,11 +28,16 @@ impl RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(Mutex::new(0));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
         let count = accepted.clone();
+        let kept = bodies.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 *count.lock().unwrap() += 1;
+                let kept = kept.clone();
                 tokio::spawn(async move {
+                    // Reading a chunked body: bytes until its last chunk.
+                    let mut in_body = false;
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     loop {
@@ -44,9 +51,26 @@ impl RawUpstream {
                             return;
                         }
                         buf.extend_from_slice(&chunk[..n]);
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        loop {
+                            if in_body {
+                                let Some(end) = buf.windows(5).position(|w| w == b"0\r\n\r\n")
+                                else {
+                                    break;
+                                };
+                                let body: Vec<u8> = buf.drain(..end + 5).collect();
+                                kept.lock()
+                                    .unwrap()
+                                    .push(String::from_utf8_lossy(&body).into_owned());
+                                in_body = false;
+                            }
+                            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                                break;
+                            };
                             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                             buf.drain(..end + 4);
+                            in_body = head
+                                .to_ascii_lowercase()
+                                .contains("transfer-encoding: chunked");
                             let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
                             if stream.write_all(script(&path)).await.is_err() {
                                 return;
@@ -56,11 +80,19 @@ impl RawUpstream {
                 });
             }
         });
-        RawUpstream { addr, accepted }
+        RawUpstream {
+            addr,
+            accepted,
+            bodies,
+        }
     }
 
     fn accepted(&self) -> usize {
         *self.accepted.lock().unwrap()
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
     }
 }
 
@@ -169,5 +201,23 @@ async fn a_request_body_in_another_transfer_coding_is_refused() {
     )
     .await;
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(upstream.accepted(), 1);
+}
+
+/// A chunked body on a GET is forwarded chunked (hyper sends none for a GET of unknown length
+/// unless told), and the connection is reused after it.
+#[tokio::test]
+async fn a_chunked_body_on_a_get_is_forwarded_not_dropped() {
+    let upstream = RawUpstream::start(script).await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    for _ in 0..2 {
+        let text = exchange(
+            proxy.addr,
+            "GET /repos/o/r HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    }
+    assert_eq!(upstream.bodies(), ["5\r\nhello\r\n0\r\n\r\n"; 2]);
     assert_eq!(upstream.accepted(), 1);
 }
