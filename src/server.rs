@@ -569,11 +569,21 @@ async fn phases(
     if uri_len > MAX_URI_LEN {
         return refuse(record, ProxyError::UriTooLong { limit: MAX_URI_LEN });
     }
-    let head_len: usize = parts
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
+    // One pass over the head: its size, and the framing headers checked below (a comparison of
+    // standard names is an integer compare; lookups by name would hash each time).
+    let mut head_len = 0;
+    let mut hosts = 0;
+    let mut host = None;
+    let mut transfer_encoding = false;
+    for (name, value) in &parts.headers {
+        head_len += name.as_str().len() + value.len() + 4;
+        if name == header::HOST {
+            hosts += 1;
+            host = Some(value);
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+        }
+    }
     if head_len > MAX_HEADERS_LEN {
         return refuse(
             record,
@@ -585,12 +595,21 @@ async fn phases(
 
     // RFC 9112 §3.2: a request with more than one Host, or an invalid one, is refused. The Host
     // is the base `Link`/`Location` URLs are rewritten to when `publicUrl` is not set.
-    if let Err(message) = check_host(&parts.headers) {
-        return refuse(record, ProxyError::InvalidRequest(message.into()));
+    if hosts > 1 {
+        return refuse(
+            record,
+            ProxyError::InvalidRequest("more than one Host header".into()),
+        );
+    }
+    if host.is_some_and(|h| !valid_host(h.as_bytes())) {
+        return refuse(
+            record,
+            ProxyError::InvalidRequest("the Host header is not a valid host[:port]".into()),
+        );
     }
     // RFC 9112 §6.1: hyper decodes `chunked` only; a body in another coding (`gzip, chunked`)
     // would go upstream without its coding named.
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) && !only_chunked(&parts.headers) {
+    if transfer_encoding && !only_chunked(&parts.headers) {
         return refuse(
             record,
             ProxyError::InvalidRequest(
@@ -844,24 +863,32 @@ fn only_chunked(headers: &http::HeaderMap) -> bool {
         && codings.next().is_none()
 }
 
-/// At most one `Host`, and that one `host[:port]` as RFC 3986 spells it (a reg-name, an IPv4
-/// address or a bracketed IPv6 literal; no userinfo, path or query). Empty is allowed (§7.2 of
-/// RFC 9110: a target URI without an authority).
-fn check_host(headers: &http::HeaderMap) -> Result<(), &'static str> {
-    let mut all = headers.get_all(header::HOST).iter();
-    let Some(host) = all.next() else {
-        return Ok(());
+/// A `Host` value as RFC 3986 spells `host[:port]`: a reg-name or IPv4 address, or a bracketed
+/// IPv6 literal; no userinfo, path or query. Empty is allowed (RFC 9110 §7.2: a target URI
+/// without an authority).
+fn valid_host(bytes: &[u8]) -> bool {
+    /// RFC 3986 `unreserved / pct-encoded / sub-delims`, the bytes of a reg-name.
+    const REG_NAME: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = c.is_ascii_alphanumeric()
+                || matches!(c, b'-' | b'.' | b'_' | b'~' | b'%')
+                || matches!(
+                    c,
+                    b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+                );
+            b += 1;
+        }
+        t
     };
-    if all.next().is_some() {
-        return Err("more than one Host header");
-    }
-    let bytes = host.as_bytes();
     let (name, port) = match bytes.iter().rposition(|&b| b == b':') {
         // `[::1]` has colons inside its brackets: only one after `]` starts a port.
         Some(i) if !bytes.starts_with(b"[") || bytes[..i].ends_with(b"]") => {
-            (&bytes[..i], Some(&bytes[i + 1..]))
+            (&bytes[..i], &bytes[i + 1..])
         }
-        _ => (bytes, None),
+        _ => (bytes, &b""[..]),
     };
     let name_ok = match name {
         [b'[', inner @ .., b']'] => {
@@ -870,34 +897,9 @@ fn check_host(headers: &http::HeaderMap) -> Result<(), &'static str> {
                     .iter()
                     .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
         }
-        _ => name.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'%'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                )
-        }),
+        _ => name.iter().all(|&b| REG_NAME[usize::from(b)]),
     };
-    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
-    if name_ok && port_ok {
-        Ok(())
-    } else {
-        Err("the Host header is not a valid host[:port]")
-    }
+    name_ok && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
 }
 
 /// The origin-form path of an absolute-form `uri` that names the proxy itself: any name with
