@@ -1108,6 +1108,20 @@ fn parse_proxy(
                 ),
             ));
         }
+        // The key is what identifies a client: with two alike, the first would always win and
+        // the second's rules would never apply.
+        if let Some(j) = clients[..i]
+            .iter()
+            .position(|c| c.key_sha256 == client.key_sha256)
+        {
+            return Err(invalid(
+                format!("proxy.clients[{i}]"),
+                format!(
+                    "same key as proxy.clients[{j}] ('{}'); each client needs its own key",
+                    clients[j].name
+                ),
+            ));
+        }
     }
 
     // `admin: { listen: null }` disables the admin listener; an absent key means the default.
@@ -1233,6 +1247,25 @@ const CLIENT_KEYS: &[&str] = &[
 /// Methods a client may be limited to. `CONNECT` is never served (§4), so it is not listed.
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
+/// An `allow` pattern that can match something: `owner` or `owner/repo`, each part non-empty and
+/// made of the characters GitHub allows there, or `*`.
+fn valid_allow_pattern(p: &str) -> bool {
+    let (owner, repo) = match p.split_once('/') {
+        Some((o, r)) => (o, Some(r)),
+        None => (p, None),
+    };
+    let owner_ok = !owner.is_empty()
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*');
+    let repo_ok = repo.is_none_or(|r| {
+        !r.is_empty()
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*'))
+    });
+    owner_ok && repo_ok
+}
+
 fn parse_client(v: &Value, path: &str, notes: &Notes) -> Result<ClientConfig, ConfigError> {
     let node = Node::new(v, path)?;
     node.only(CLIENT_KEYS)?;
@@ -1261,10 +1294,13 @@ fn parse_client(v: &Value, path: &str, notes: &Notes) -> Result<ClientConfig, Co
             ));
         }
         (Some(key), None) => {
-            if key.expose_secret().is_empty() {
-                return Err(invalid(key_path, "must not be empty"));
+            // Trimmed, as `token` is: a key read with `$file` ends in a newline, which no
+            // `Bearer` header can carry. Blank would be a key anyone can guess.
+            let key = key.expose_secret().trim();
+            if key.is_empty() {
+                return Err(invalid(key_path, "must not be empty or blank"));
             }
-            let digest = Sha256::digest(key.expose_secret().as_bytes());
+            let digest = Sha256::digest(key.as_bytes());
             let mut out = [0u8; 32];
             out.copy_from_slice(&digest);
             out
@@ -1285,6 +1321,17 @@ fn parse_client(v: &Value, path: &str, notes: &Notes) -> Result<ClientConfig, Co
                     return Err(invalid(
                         format!("{}[{i}]", node.key("allow")),
                         "must not be empty; use \"*\" for every owner",
+                    ));
+                }
+                if !valid_allow_pattern(p.trim()) {
+                    return Err(invalid(
+                        format!("{}[{i}]", node.key("allow")),
+                        format!(
+                            "'{}' can never match: a pattern is an owner or owner/repo (GitHub's \
+                             characters, A-Z a-z 0-9 - and . _ in a repo), with * as the only \
+                             wildcard",
+                            p.trim()
+                        ),
                     ));
                 }
             }
@@ -1978,13 +2025,16 @@ proxy:
     fn clients_hash_keys_and_apply_defaults() {
         let c = load_with(
             "proxy:\n  clients:\n    - name: catalog\n      key: ${CATALOG_KEY}\n    - name: ci\n      keySha256: 2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824\n      allow: ['acme/*', acme-oss]\n      methods: [GET, head]\n      credentials: [app]\n",
-            &[("CATALOG_KEY", "hello")],
+            &[("CATALOG_KEY", "catalog-secret")],
         )
         .unwrap();
         let hello_sha: [u8; 32] = Sha256::digest(b"hello").into();
         let catalog = &c.proxy.clients[0];
         assert_eq!(catalog.name, "catalog");
-        assert_eq!(catalog.key_sha256, hello_sha);
+        assert_eq!(
+            catalog.key_sha256,
+            <[u8; 32]>::from(Sha256::digest(b"catalog-secret"))
+        );
         assert_eq!(catalog.allow, vec!["*".to_string()]);
         assert_eq!(catalog.methods, None);
         assert_eq!(
@@ -2003,7 +2053,7 @@ proxy:
             Some(vec![http::Method::GET, http::Method::HEAD])
         );
         assert_eq!(ci.credentials, vec![CredentialKind::App]);
-        assert!(!format!("{c:?}").contains("hello"));
+        assert!(!format!("{c:?}").contains("catalog-secret"));
         // Nor the hash a key is checked against.
         assert!(!format!("{c:?}").contains("key_sha256"));
         assert!(format!("{catalog:?}").contains("catalog"));
@@ -2037,6 +2087,52 @@ proxy:
             dup.starts_with("proxy.clients[1].name: duplicate client name 'a'"),
             "{dup}"
         );
+        // The same key twice (here once as key, once as its hash): the second would never apply.
+        let same = err(
+            "proxy:\n  clients:\n    - { name: a, key: hello }\n    - { name: b, keySha256: 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824 }\n",
+        );
+        assert!(
+            same.starts_with("proxy.clients[1]: same key as proxy.clients[0] ('a')"),
+            "{same}"
+        );
+        // Blank keys are refused; keys are trimmed (a `$file` key ends in a newline).
+        let blank = err("proxy:\n  clients:\n    - { name: a, key: \"  \" }\n");
+        assert!(
+            blank.starts_with("proxy.clients[0].key: must not be empty"),
+            "{blank}"
+        );
+        let c =
+            Config::from_yaml("proxy:\n  clients:\n    - { name: a, key: \"k1\\n\" }\n").unwrap();
+        assert_eq!(c.proxy.clients[0].key_sha256[..], Sha256::digest(b"k1")[..]);
+        // Patterns that could never match are refused; the ones GitHub names can take are not.
+        for bad in [
+            "acme/widgets/x",
+            "ac me",
+            "acme/",
+            "/x",
+            "[a-c]cme/*",
+            "acm?",
+            "{a,b}",
+        ] {
+            let e = err(&format!(
+                "proxy:\n  clients:\n    - {{ name: a, key: k, allow: [\"{bad}\"] }}\n"
+            ));
+            assert!(e.starts_with("proxy.clients[0].allow[0]: "), "{bad}: {e}");
+        }
+        for good in [
+            "*",
+            "acme",
+            "acme/*",
+            "acme-*",
+            "*/*",
+            "acme/widgets.js",
+            "a/re_po-1",
+        ] {
+            Config::from_yaml(&format!(
+                "proxy:\n  clients:\n    - {{ name: a, key: k, allow: [\"{good}\"] }}\n"
+            ))
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
         let cred = err("proxy:\n  clients:\n    - { name: a, key: k, credentials: [none] }\n");
         assert!(
             cred.starts_with("proxy.clients[0].credentials[0]: "),

@@ -433,16 +433,22 @@ impl Forwarder<'_> {
         let Some((uri, headers)) = retry_parts else {
             return Ok(response);
         };
-        drop(response);
         // Boxed: the retry (a sleep, a whole new resolution, a second send) is rare; unboxed, its
         // state would be part of every request's future and copied with it.
-        Box::pin(self.retry(method, uri, headers, body, age, resolution, record)).await
+        Box::pin(self.retry(
+            response, method, uri, headers, body, age, resolution, record,
+        ))
+        .await
     }
 
-    /// The one retry after a `401` for an App token, with a freshly resolved credential.
+    /// The one retry after a `401` for an App token, with a freshly resolved credential. When
+    /// there is none this client may be served with (the mint failed and the fallback is a kind
+    /// its `credentials` exclude, or nothing), GitHub's `401` is the answer: it was forwarded
+    /// and answered, and the record says so (the rejected token, `upstream_status` 401).
     #[allow(clippy::too_many_arguments)]
     async fn retry(
         &self,
+        rejected: Response<PooledBody>,
         method: Method,
         uri: Uri,
         mut headers: HeaderMap,
@@ -461,20 +467,21 @@ impl Forwarder<'_> {
             .resolver
             .resolve(&self.route.integration, &method, self.owner, self.repo)
             .await;
-        if fresh.credential == CredentialKind::None {
-            *resolution = fresh;
-            crate::server::record_resolution(record, resolution);
-            return Err(ProxyError::NoCredential(
-                resolution.message.clone().unwrap_or_else(|| {
-                    "no GitHub credential after the App token was rejected".into()
-                }),
-            ));
+        // The fresh resolution may have fallen back (the mint failed: PAT or anonymous); a client
+        // limited to other kinds must not be served with it.
+        if fresh.credential == CredentialKind::None
+            || crate::server::check_credential_policy(self.client, &fresh).is_err()
+        {
+            tracing::warn!(
+                request_id = %record.request_id,
+                "GitHub rejected the App token and no credential this request may use is left \
+                 for a retry; answering with GitHub's 401"
+            );
+            return Ok(rejected);
         }
+        drop(rejected);
         *resolution = fresh;
         crate::server::record_resolution(record, resolution);
-        // The fresh resolution may have fallen back (the mint failed: PAT or anonymous); a client
-        // limited to other kinds must not be served with it, retry or not.
-        crate::server::check_credential_policy(self.client, resolution)?;
         set_credential(&mut headers, self.route.origin, resolution.token.as_deref());
         let request = build(method, uri, headers, body.take())?;
         let response = send(

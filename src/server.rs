@@ -560,10 +560,7 @@ async fn phases(
         Err(err)
     };
 
-    // Limits and the method the proxy can never serve.
-    if parts.method == Method::CONNECT {
-        return refuse(record, ProxyError::ConnectNotSupported);
-    }
+    // Limits.
     let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len())
         + parts.uri.authority().map_or(0, |a| a.as_str().len());
     if uri_len > MAX_URI_LEN {
@@ -626,6 +623,11 @@ async fn phases(
         Err(err) => return refuse(record, err),
     };
     record.client = client.map(|c| c.name.clone());
+    // The method the proxy can never serve: after the key, so that with `clients` configured a
+    // caller without one gets `407` (§6) and an authenticated one is named in the record.
+    if parts.method == Method::CONNECT {
+        return refuse(record, ProxyError::ConnectNotSupported);
+    }
 
     // Route.
     let route = match crate::route::route(config, &parts.method, &parts.uri) {

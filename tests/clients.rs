@@ -214,6 +214,32 @@ async fn missing_key_gets_407_before_any_routing_or_path_refusal() {
     assert_eq!(records[4]["client"], "catalog");
 }
 
+/// `CONNECT` too: no key, `407`; with a key, `405` with advice, and the record names the client.
+#[tokio::test]
+async fn connect_is_authenticated_before_it_is_refused() {
+    let (fake, proxy) = start().await;
+    let connect = |extra: &str| {
+        format!(
+            "CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\n{extra}Connection: close\r\n\r\n"
+        )
+    };
+    let text = server_common::raw_exchange(proxy.addr, connect("").as_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 407 "), "{text}");
+    let text = server_common::raw_exchange(
+        proxy.addr,
+        connect(&format!("Proxy-Authorization: Bearer {CATALOG_KEY}\r\n")).as_bytes(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 405 "), "{text}");
+    assert!(text.contains("connect_not_supported"), "{text}");
+    assert!(fake.requests().is_empty());
+    let records = proxy.stop().await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["reason"], "client_unauthenticated");
+    assert_eq!(records[1]["reason"], "connect_not_supported");
+    assert_eq!(records[1]["client"], "catalog");
+}
+
 #[tokio::test]
 async fn wrong_key_gets_407() {
     let (fake, proxy) = start().await;

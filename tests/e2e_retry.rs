@@ -155,8 +155,10 @@ async fn the_retry_never_falls_back_to_a_credential_the_client_may_not_use() {
     w.fake.revoke_token(&w.fake.issued_tokens()[0]);
     w.fake.fail_mints(500, 1);
 
+    // No retry is possible with a credential this client may use: GitHub's 401 is the answer,
+    // and the record says what was forwarded (the rejected token) and what GitHub said.
     let reply = get().await;
-    reply.assert_error(403, "none", "client_policy");
+    reply.assert_served(401, "app", "installed");
     let auths = w.fake.auths_for("/repos/acme/widgets");
     assert!(
         !auths.contains(&Auth::Pat),
@@ -164,6 +166,9 @@ async fn the_retry_never_falls_back_to_a_credential_the_client_may_not_use() {
     );
     let r = w.record(&reply).await;
     assert_eq!(r["client"], "apponly");
-    assert_eq!(r["reason"], "client_policy");
-    assert!(r["hashed_token"].is_null(), "{r}");
+    assert_eq!(r["credential"], "app", "{r}");
+    assert_eq!(r["reason"], "installed", "{r}");
+    assert_eq!(r["upstream_status"], 401, "{r}");
+    assert_eq!(r["outcome"], "ok", "{r}");
+    assert!(r["hashed_token"].is_string(), "{r}");
 }
