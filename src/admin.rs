@@ -53,8 +53,21 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
 }
 
 async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<ResponseBody> {
+    const PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/explain"];
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        // RFC 9110 §15.5.6: a 405 says what is allowed; a path that does not exist is 404
+        // whatever the method.
+        if !PATHS.contains(&request.uri().path()) {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: /healthz, /readyz, /metrics, /explain\n",
+            );
+        }
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),

@@ -1140,6 +1140,24 @@ fn parse_proxy(
         }
     };
 
+    // Both on one address (or one on the unspecified address and the same port): `serve` could
+    // bind only one of them, so say so now, naming the keys.
+    if let Some(admin) = admin_listen
+        && admin.port() != 0
+        && admin.port() == listen.port()
+        && (admin.ip() == listen.ip()
+            || admin.ip().is_unspecified()
+            || listen.ip().is_unspecified())
+    {
+        return Err(invalid(
+            "proxy.admin.listen",
+            format!(
+                "{admin} conflicts with proxy.listen {listen}: the proxy and the admin listener \
+                 need different ports"
+            ),
+        ));
+    }
+
     let audit = match node.child("audit")? {
         None => AuditSink::Stdout,
         Some(audit) => {
@@ -2010,6 +2028,27 @@ proxy:
             .is_ok()
         );
         assert!(Config::from_yaml("proxy:\n  listen: '[::1]:8080'\n").is_ok());
+    }
+
+    #[test]
+    fn admin_listen_on_the_proxy_address_is_an_error() {
+        for yaml in [
+            "proxy:\n  listen: 127.0.0.1:8080\n  admin: { listen: 127.0.0.1:8080 }\n",
+            "proxy:\n  listen: 0.0.0.0:8080\n  allowUnauthenticatedClients: true\n  admin: { listen: 127.0.0.1:8080 }\n",
+        ] {
+            assert!(
+                err(yaml).starts_with("proxy.admin.listen: "),
+                "{yaml}: {}",
+                err(yaml)
+            );
+        }
+        // Port 0 (tests) and different ports are fine.
+        Config::from_yaml("proxy:\n  listen: 127.0.0.1:0\n  admin: { listen: 127.0.0.1:0 }\n")
+            .unwrap();
+        Config::from_yaml(
+            "proxy:\n  listen: 127.0.0.1:8080\n  admin: { listen: 127.0.0.2:8080 }\n",
+        )
+        .unwrap();
     }
 
     #[test]

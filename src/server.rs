@@ -62,6 +62,12 @@ static X_GITHUB_OWNER: HeaderName = HeaderName::from_static("x-github-owner");
 pub enum ServeError {
     #[error("{0}")]
     Setup(String),
+    /// The audit sink did not take the last records before the process had to stop.
+    #[error(
+        "the audit log could not be flushed ({0}): records still queued were lost; \
+         check what reads audit.path (a full disk, a stalled pipe or log collector)"
+    )]
+    AuditUnflushed(&'static str),
 }
 
 /// Everything request handling shares; one per server, behind an `Arc`, never cloned per request.
@@ -146,7 +152,10 @@ impl Server {
 
     /// As [`Server::serve`]; `cut`, resolving during the drain, ends the grace at once (an
     /// operator's second SIGTERM/SIGINT): the remaining exchanges are cut and recorded
-    /// `aborted`, the audit log is still flushed.
+    /// `aborted`, the audit log is still flushed. A sink that does not take the records (a pipe
+    /// nobody reads) cannot hold the process forever: `cut` ends that wait too, or, once it has
+    /// already ended the drain, `shutdownGraceSeconds` more; the records still queued are then
+    /// lost and this returns [`ServeError::AuditUnflushed`].
     pub async fn serve_until(
         self,
         listener: TcpListener,
@@ -222,24 +231,37 @@ impl Server {
             grace_seconds = config.proxy.shutdown_grace.as_secs(),
             "shutting down: not accepting; draining in-flight exchanges"
         );
+        let mut cut = std::pin::pin!(cut);
+        let mut was_cut = false;
         tokio::select! {
             drained = tokio::time::timeout(config.proxy.shutdown_grace, graceful.shutdown()) => {
                 if drained.is_err() {
                     tracing::warn!("shutdown grace expired; closing the remaining connections");
                 }
             }
-            () = cut => {
+            () = &mut cut => {
+                was_cut = true;
                 tracing::warn!("second stop signal: closing the remaining connections now");
             }
         }
         // Whatever is left is cut; their exchanges are recorded as aborted when dropped.
         connections.abort_all();
         while connections.join_next().await.is_some() {}
-        audit.shutdown().await;
+        let flushed = if was_cut {
+            tokio::time::timeout(config.proxy.shutdown_grace, audit.shutdown())
+                .await
+                .map_err(|_| ServeError::AuditUnflushed("it did not finish within the grace"))
+        } else {
+            tokio::select! {
+                () = audit.shutdown() => Ok(()),
+                () = &mut cut => Err(ServeError::AuditUnflushed("a second stop signal")),
+            }
+        };
         let _ = admin_stop.send(());
         if let Some(task) = admin_task {
             let _ = task.await;
         }
+        flushed?;
         tracing::info!("stopped");
         Ok(())
     }
@@ -1069,6 +1091,7 @@ impl Exchange {
                 exchange: Some(self),
                 bytes_out: 0,
                 reserving: None,
+                held: None,
             },
         )
     }
@@ -1130,11 +1153,19 @@ type Reserving = Pin<Box<dyn Future<Output = Option<AuditPermit>> + Send>>;
 /// The response body, counting bytes, with the exchange's record: written when the body ends
 /// (after waiting for room in the audit queue, so a slow writer slows responses instead of
 /// losing records), when it fails, or when it is dropped unfinished (client gone: `aborted`).
+///
+/// A body whose length is known ends with its last data frame: hyper stops polling there and
+/// drops it. So the record is written when that frame comes out of `inner`, and the frame is
+/// held back until the queue has room. Otherwise it would be written from `Drop`, which cannot
+/// wait: a stalled audit sink would then hold records in memory without bound instead of
+/// making requests wait (§7.3).
 pub struct LoggedBody {
     inner: ResponseBody,
     exchange: Option<Exchange>,
     bytes_out: u64,
     reserving: Option<Reserving>,
+    /// The last data frame, sent once its record is queued.
+    held: Option<Frame<Bytes>>,
 }
 
 impl Body for LoggedBody {
@@ -1158,7 +1189,7 @@ impl Body for LoggedBody {
                     }
                     exchange.disarm();
                 }
-                return Poll::Ready(None);
+                return Poll::Ready(this.held.take().map(Ok));
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 // Trailers are dropped (`Trailer` is hop-by-hop here, §8): hyper would end the
@@ -1168,6 +1199,21 @@ impl Body for LoggedBody {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         this.bytes_out += data.len() as u64;
+                    }
+                    if this.exchange.is_some() && this.inner.is_end_stream() {
+                        // The last frame: the record goes first (see the type's doc).
+                        let bytes_out = this.bytes_out;
+                        if let Some(mut exchange) = this.exchange.take() {
+                            let shared = exchange.shared.clone();
+                            if shared.audit.try_send_with(|| exchange.finish(bytes_out)) {
+                                exchange.disarm();
+                                return Poll::Ready(Some(Ok(frame)));
+                            }
+                            this.reserving = Some(Box::pin(shared.audit.clone().reserve()));
+                            this.exchange = Some(exchange);
+                            this.held = Some(frame);
+                            continue;
+                        }
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -1212,7 +1258,9 @@ impl Drop for LoggedBody {
         if let Some(exchange) = self.exchange.take() {
             // Dropped with nothing left to send is a normal end (HEAD, 304, length reached);
             // anything else means the client stopped reading.
-            let outcome = (!self.inner.is_end_stream()).then_some(Outcome::Aborted);
+            // So does a last frame still held for room in the audit queue.
+            let outcome =
+                (self.held.is_some() || !self.inner.is_end_stream()).then_some(Outcome::Aborted);
             exchange.finish_from_drop(self.bytes_out, outcome);
         }
     }

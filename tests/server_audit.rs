@@ -216,3 +216,169 @@ async fn every_request_of_a_burst_is_recorded_once() {
     ids.sort();
     assert_eq!(logged, ids);
 }
+
+/// An audit sink that takes nothing while its gate is shut (a stalled pipe or log collector),
+/// then everything; it counts the lines it took.
+#[derive(Clone, Default)]
+struct GatedSink {
+    state: std::sync::Arc<(std::sync::Mutex<(bool, usize)>, std::sync::Condvar)>,
+}
+
+impl GatedSink {
+    fn open(&self) {
+        self.state.0.lock().unwrap().0 = true;
+        self.state.1.notify_all();
+    }
+
+    fn lines(&self) -> usize {
+        self.state.0.lock().unwrap().1
+    }
+}
+
+impl std::io::Write for GatedSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (lock, opened) = &*self.state;
+        let mut state = lock.lock().unwrap();
+        // Bounded: a test that never opens the gate still ends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !state.0 && std::time::Instant::now() < deadline {
+            state = opened
+                .wait_timeout(state, Duration::from_millis(100))
+                .unwrap()
+                .0;
+        }
+        state.1 += buf.iter().filter(|&&b| b == b'\n').count();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// §7.3: "Records are never dropped: when the writer falls behind, requests wait." With the
+/// sink stalled, requests stop being answered once the queue is full (rather than records piling
+/// up in memory), and all of them complete, each with its record, once it takes them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_audit_sink_makes_requests_wait_and_loses_nothing() {
+    use gh_token_proxy::audit::{AuditLog, Sink};
+    const CAPACITY: usize = 16;
+    const REQUESTS: usize = 3000;
+    let upstream = Upstream::ok().await;
+    let yaml = pat_config(upstream.addr, Some("ghp_testpat"), "");
+    let config = std::sync::Arc::new(gh_token_proxy::config::Config::from_yaml(&yaml).unwrap());
+    let sink = GatedSink::default();
+    let audit = AuditLog::start(Sink::Writer(Box::new(sink.clone())), CAPACITY).unwrap();
+    let server = gh_token_proxy::server::Server::with_audit(config, audit).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        server
+            .serve(listener, None, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+
+    // One keep-alive connection, requests one after another: refusals (`/app/...`) and
+    // forwarded ones alternate.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = done.clone();
+    let client = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake::<_, TestBody>(TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for i in 0..REQUESTS {
+            let path = if i % 2 == 0 { "/app/x" } else { "/repos/o/r" };
+            let request = Request::get(path)
+                .header("host", "proxy")
+                .body(full(Bytes::new()))
+                .unwrap();
+            let response = send.send_request(request).await.unwrap();
+            response.into_body().collect().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+
+    // Wait (bounded) until the count stops moving for half a second.
+    let count = || done.load(std::sync::atomic::Ordering::SeqCst);
+    let mut last = usize::MAX;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = count();
+        if now == last || now == REQUESTS {
+            break;
+        }
+        last = now;
+    }
+    let stalled_at = count();
+    // The writer holds one batch (at most 1,024 records) while it is stuck on the sink, the
+    // queue CAPACITY more; beyond that, requests wait.
+    assert!(
+        stalled_at < 1024 + CAPACITY + 8,
+        "requests did not wait for the stalled audit sink: {stalled_at} of {REQUESTS} answered"
+    );
+    assert_eq!(sink.lines(), 0);
+
+    sink.open();
+    tokio::time::timeout(WAIT, client).await.unwrap().unwrap();
+    assert_eq!(count(), REQUESTS);
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, serving).await.unwrap().unwrap();
+    assert_eq!(sink.lines(), REQUESTS);
+}
+
+/// A sink that never takes the last records cannot hold the process forever: after the drain,
+/// a second stop signal ends the wait for the flush, and the server says records were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_ends_the_wait_for_a_stalled_audit_sink() {
+    use gh_token_proxy::audit::{AuditLog, Sink};
+    use gh_token_proxy::server::{ServeError, Server};
+    let upstream = Upstream::ok().await;
+    let yaml = pat_config(upstream.addr, Some("ghp_testpat"), "");
+    let config = std::sync::Arc::new(gh_token_proxy::config::Config::from_yaml(&yaml).unwrap());
+    let sink = GatedSink::default();
+    let audit = AuditLog::start(Sink::Writer(Box::new(sink.clone())), 16).unwrap();
+    let server = Server::with_audit(config, audit).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (cut, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_until(
+        listener,
+        None,
+        async move {
+            let _ = stopped.await;
+        },
+        async move {
+            let _ = cut_rx.await;
+        },
+    ));
+    let response = send_to(
+        addr,
+        Request::get("/repos/o/r")
+            .header("host", "proxy")
+            .body(full(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .0;
+    assert_eq!(response.status(), StatusCode::OK);
+    let _ = stop.send(());
+    // The drain is over at once (nothing in flight), the flush is stuck on the sink.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!serving.is_finished(), "the flush cannot have finished");
+    let _ = cut.send(());
+    let result = tokio::time::timeout(WAIT, serving).await.unwrap().unwrap();
+    assert!(
+        matches!(result, Err(ServeError::AuditUnflushed(_))),
+        "{result:?}"
+    );
+    assert_eq!(sink.lines(), 0);
+    sink.open();
+}

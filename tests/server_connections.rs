@@ -352,3 +352,27 @@ async fn concurrent_burst_is_served_and_its_connections_are_reused_afterwards() 
     let proxy = std::sync::Arc::try_unwrap(proxy).ok().unwrap();
     assert_eq!(proxy.stop().await.len(), 64 + opened);
 }
+
+/// The admin listener answers other methods with `405` and `Allow` (RFC 9110 §15.5.6) on its
+/// paths, `404` elsewhere whatever the method.
+#[tokio::test]
+async fn admin_405_names_the_allowed_methods() {
+    let upstream = Upstream::ok().await;
+    let proxy = TestProxy::start(&pat_config(upstream.addr, Some("ghp_testpat"), "")).await;
+    let text = raw_exchange(
+        proxy.admin_addr,
+        b"POST /healthz HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 405 "), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("allow: get, head"),
+        "{text}"
+    );
+    let text = raw_exchange(
+        proxy.admin_addr,
+        b"POST /nope HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
+}
