@@ -69,10 +69,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // so hashed removals of all seven on every exchange would be wasted.
     let mut present = [false; HOP_BY_HOP.len()];
     let mut any = false;
-    for name in headers.keys() {
+    // Whether every `Connection` value is just `keep-alive` (what a keep-alive upstream sends on
+    // every response): that token names `Keep-Alive`, which the fixed list removes anyway, so the
+    // values need not be split and looked up.
+    let mut only_keep_alive = true;
+    for (name, value) in headers.iter() {
         if let Some(i) = hop_by_hop_index(name) {
             present[i] = true;
             any = true;
+            if i == 0 && !value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+                only_keep_alive = false;
+            }
         }
     }
     if !any {
@@ -80,7 +87,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     }
     // `present[3]`: Transfer-Encoding.
     let ambiguous = present[3] && headers.remove(header::CONTENT_LENGTH).is_some();
-    if present[0] {
+    if present[0] && !only_keep_alive {
         // Collected first because removing while iterating `Connection` values is not possible.
         // The usual tokens (`keep-alive`, `close`) name no header that is there: nothing to
         // collect, nothing allocated.
@@ -388,9 +395,26 @@ pub struct Forwarder<'a> {
     pub route: &'a Route,
     pub owner: Option<&'a str>,
     pub repo: Option<&'a str>,
+    /// The client's own request target, already validated by the server's parser: forwarded
+    /// as it is when it is exactly the upstream target (the usual case: an origin without a path
+    /// prefix), instead of formatting and validating the same text again.
+    pub client_target: Option<&'a http::uri::PathAndQuery>,
 }
 
 impl Forwarder<'_> {
+    /// The origin-form target sent upstream ([`Route::upstream_target`]).
+    fn upstream_uri(&self) -> Result<Uri, ProxyError> {
+        if let Some(target) = self.client_target
+            && target.path() == self.route.upstream_path
+            && target.query() == self.route.query.as_deref()
+        {
+            return Ok(Uri::from(target.clone()));
+        }
+        self.route.upstream_target().parse().map_err(|_| {
+            ProxyError::InvalidRequest("the request target cannot be forwarded".into())
+        })
+    }
+
     /// Forwards the request with `resolution`'s credential; on a `401` for an App token evicts
     /// it and, when the body allows, retries once with a fresh one (§7.2). `record` gets the
     /// credential actually used.
@@ -402,9 +426,7 @@ impl Forwarder<'_> {
         resolution: &mut Resolution,
         record: &mut AuditRecord,
     ) -> Result<Response<PooledBody>, ProxyError> {
-        let uri: Uri = self.route.upstream_target().parse().map_err(|_| {
-            ProxyError::InvalidRequest("the request target cannot be forwarded".into())
-        })?;
+        let uri = self.upstream_uri()?;
         prepare_request_headers(&mut headers, &self.route.authority)?;
         let timeout = self.shared.config.proxy.upstream.response_timeout;
         let may_retry = resolution.credential == CredentialKind::App && body.retryable();
@@ -568,19 +590,31 @@ pub struct UpstreamMeta {
 
 impl UpstreamMeta {
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let text = |name: &HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        // One pass over the entries (the first value of each name, as `get` gives) instead of
+        // three hashed lookups of long custom names: this runs on every response.
+        let (mut id, mut remaining, mut resource) = (None, None, None);
+        for (name, value) in headers.iter() {
+            let slot = if *name == X_GITHUB_REQUEST_ID {
+                &mut id
+            } else if *name == X_RATELIMIT_REMAINING {
+                &mut remaining
+            } else if *name == X_RATELIMIT_RESOURCE {
+                &mut resource
+            } else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+        }
+        let text =
+            |value: Option<&HeaderValue>| value.and_then(|v| v.to_str().ok()).map(str::to_owned);
         UpstreamMeta {
-            github_request_id: text(&X_GITHUB_REQUEST_ID),
-            rate_limit_remaining: headers
-                .get(&X_RATELIMIT_REMAINING)
+            github_request_id: text(id),
+            rate_limit_remaining: remaining
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse().ok()),
-            rate_limit_resource: text(&X_RATELIMIT_RESOURCE),
+            rate_limit_resource: text(resource),
         }
     }
 }
@@ -595,6 +629,14 @@ pub fn rewrite_response_headers(
     proxy_base: impl Fn() -> String,
 ) -> bool {
     let ambiguous = strip_hop_by_hop(headers);
+    // Most responses carry neither: comparing each standard name is cheaper than two hashed
+    // entry lookups.
+    if !headers
+        .keys()
+        .any(|name| name == header::LINK || name == header::LOCATION)
+    {
+        return ambiguous;
+    }
     let mut base: Option<String> = None;
     for name in [header::LINK, header::LOCATION] {
         let header::Entry::Occupied(mut entry) = headers.entry(name) else {
@@ -883,5 +925,16 @@ mod tests {
             UpstreamMeta::from_headers(&HeaderMap::new()),
             UpstreamMeta::default()
         );
+        // A repeated header: the first value counts, as `HeaderMap::get` would give it.
+        let mut h = map(&[
+            ("x-ratelimit-remaining", "12"),
+            ("x-github-request-id", "A"),
+        ]);
+        h.append("x-ratelimit-remaining", HeaderValue::from_static("99"));
+        h.append("x-github-request-id", HeaderValue::from_static("B"));
+        let meta = UpstreamMeta::from_headers(&h);
+        assert_eq!(meta.rate_limit_remaining, Some(12));
+        assert_eq!(meta.github_request_id.as_deref(), Some("A"));
+        assert_eq!(meta.rate_limit_resource, None);
     }
 }

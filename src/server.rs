@@ -180,6 +180,10 @@ impl Server {
         http.timer(TokioTimer::new())
             .header_read_timeout(config.proxy.header_read_timeout)
             .max_buf_size(HYPER_MAX_BUF)
+            // One flattened write per response instead of a vectored one: copying a response's
+            // frame into the head's buffer costs less than hyper's queue of buffers (measured:
+            // ~400 fewer instructions per request, docs/performance.md).
+            .writev(false)
             .keep_alive(true);
 
         let limit = Arc::new(Semaphore::new(config.proxy.max_connections));
@@ -535,11 +539,13 @@ async fn handle(
         peer,
         request.method().clone(),
     );
-    let mut exchange = Exchange {
+    // Boxed: the exchange (and its record) rides with the response body through hyper, which
+    // moves the response several times; a pointer moves cheaper than ~400 bytes.
+    let mut exchange = Box::new(Exchange {
         shared: shared.clone(),
         started: Instant::now(),
         record,
-    };
+    });
     let mut reaches_client = true;
     let response = match phases(&shared, request, &mut exchange.record).await {
         Ok(response) => {
@@ -809,6 +815,7 @@ async fn phases(
         route: &route,
         owner: owner.as_deref(),
         repo: repo.as_deref(),
+        client_target: parts.uri.path_and_query(),
     };
     let response = forwarder
         .forward(parts.method, parts.headers, body, &mut resolution, record)
@@ -1069,7 +1076,11 @@ struct Exchange {
 impl Exchange {
     /// Adds the three headers every response carries and ties the record to the body.
     /// `sent`: whether the response can reach the client at all (not when it went away).
-    fn respond(mut self, response: Response<ResponseBody>, sent: bool) -> Response<LoggedBody> {
+    fn respond(
+        mut self: Box<Self>,
+        response: Response<ResponseBody>,
+        sent: bool,
+    ) -> Response<LoggedBody> {
         let (mut head, body) = response.into_parts();
         let mut id = [0u8; ulid::ULID_LEN];
         if let Ok(value) = HeaderValue::from_str(self.record.request_id.array_to_str(&mut id)) {
@@ -1120,7 +1131,7 @@ impl Exchange {
     }
 
     /// Writes the record now, from a context that cannot wait.
-    fn finish_from_drop(mut self, bytes_out: u64, outcome: Option<Outcome>) {
+    fn finish_from_drop(mut self: Box<Self>, bytes_out: u64, outcome: Option<Outcome>) {
         if let Some(outcome) = outcome {
             self.record.outcome = outcome;
         }
@@ -1129,7 +1140,7 @@ impl Exchange {
         self.disarm();
     }
 
-    fn disarm(mut self) {
+    fn disarm(mut self: Box<Self>) {
         self.record.request_id = Ulid::nil();
     }
 }
@@ -1161,7 +1172,7 @@ type Reserving = Pin<Box<dyn Future<Output = Option<AuditPermit>> + Send>>;
 /// making requests wait (§7.3).
 pub struct LoggedBody {
     inner: ResponseBody,
-    exchange: Option<Exchange>,
+    exchange: Option<Box<Exchange>>,
     bytes_out: u64,
     reserving: Option<Reserving>,
     /// The last data frame, sent once its record is queued.
