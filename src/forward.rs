@@ -289,9 +289,10 @@ pub fn classify(err: &SendError, authority: &str) -> ProxyError {
             "cannot connect to {authority}: {}",
             chain(inner.as_ref())
         )),
-        SendError::Request(inner) => {
-            ProxyError::UpstreamUnreachable(format!("{authority} failed: {}", chain(inner)))
-        }
+        SendError::Request(inner) => ProxyError::UpstreamUnreachable(format!(
+            "{authority} failed: {}",
+            chain(inner.as_ref())
+        )),
     }
 }
 
@@ -688,12 +689,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),

@@ -43,6 +43,7 @@ pub mod error;
 pub mod explain;
 pub mod forward;
 pub mod github;
+pub mod h1;
 pub mod metrics;
 pub mod pool;
 pub mod resolve;

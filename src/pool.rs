@@ -1,6 +1,8 @@
 //! The forwarding connection pool: keep-alive HTTP/1.1 connections to each upstream origin, reused
 //! request after request. Every connection shares the connector's rustls config, so a new TLS
-//! connection resumes an earlier session when it can.
+//! connection resumes an earlier session when it can. A request without a body (nearly all) is
+//! exchanged by [`crate::h1`] in its own task; one with a body goes through hyper's client
+//! connection, which a connection, once handed to it, keeps for the rest of its life.
 //!
 //! Why not hyper-util's legacy `Client` (which the GitHub App calls still use): per request it
 //! hashes the origin key, and for a response with a body it spawns a task and a oneshot just to
@@ -23,6 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
+use crate::h1::{RawBody, RawConn};
 use crate::upstream::{BoxError, UpstreamBody};
 
 /// Idle connections kept per origin; more are closed when they come back.
@@ -43,8 +46,8 @@ const STALE_RETRIES: usize = 3;
 pub enum SendError {
     /// No connection: TCP connect, timeout or TLS handshake (the connector's error chain).
     Connect(BoxError),
-    /// The connection failed during the exchange.
-    Request(hyper::Error),
+    /// The connection failed during the exchange (hyper's error, or [`crate::h1::H1Error`]).
+    Request(BoxError),
 }
 
 impl std::fmt::Display for SendError {
@@ -60,13 +63,39 @@ impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SendError::Connect(err) => Some(err.as_ref()),
-            SendError::Request(err) => Some(err),
+            SendError::Request(err) => Some(err.as_ref()),
+        }
+    }
+}
+
+/// An upstream connection: exchanged on directly, or driven by hyper's connection task.
+enum Conn {
+    Raw(RawConn),
+    Hyper(SendRequest<UpstreamBody>),
+}
+
+impl Conn {
+    /// Whether an idle connection can still carry a request (the upstream has not closed it).
+    fn is_usable(&mut self) -> bool {
+        match self {
+            Conn::Raw(raw) => raw.is_idle_usable(),
+            Conn::Hyper(sender) => !sender.is_closed(),
+        }
+    }
+
+    /// Ready for a request: a raw connection that is usable, a hyper one once its task says so.
+    async fn ready(&mut self) -> bool {
+        match self {
+            Conn::Raw(raw) => raw.is_idle_usable(),
+            Conn::Hyper(sender) => std::future::poll_fn(|cx| sender.poll_ready(cx))
+                .await
+                .is_ok(),
         }
     }
 }
 
 struct Idle {
-    sender: SendRequest<UpstreamBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -80,7 +109,7 @@ struct Origin {
     /// back goes to the first of them instead of the idle list, so a burst is served by the
     /// connections that free up first rather than each waiting for its own connect (which can
     /// take seconds when the upstream's accept queue overflows).
-    waiters: std::collections::VecDeque<oneshot::Sender<SendRequest<UpstreamBody>>>,
+    waiters: std::collections::VecDeque<oneshot::Sender<Conn>>,
 }
 
 /// Keep-alive connections per upstream origin (scheme and authority) and partition.
@@ -130,14 +159,15 @@ impl ForwardPool {
         });
     }
 
-    /// Drops the idle connections that are closed or past the idle timeout: dropping the last
-    /// `SendRequest` of a connection ends its task, which closes the socket.
+    /// Drops the idle connections that are closed or past the idle timeout: dropping a raw
+    /// connection closes its socket; dropping the last `SendRequest` of a hyper one ends its
+    /// task, which closes the socket.
     fn reap(&self) {
         let now = Instant::now();
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
         for origin in origins.iter_mut() {
-            origin.idle.retain(|idle| {
-                !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout
+            origin.idle.retain_mut(|idle| {
+                now.duration_since(idle.since) < self.idle_timeout && idle.conn.is_usable()
             });
             origin.waiters.retain(|w| !w.is_closed());
         }
@@ -174,27 +204,56 @@ impl ForwardPool {
     ) -> Result<Response<PooledBody>, SendError> {
         let mut stale = 0;
         loop {
-            let (slot, reused, mut sender) = match self.checkout(https, authority, partition).await
-            {
-                (slot, Some(sender)) => (slot, true, sender),
+            let (slot, reused, conn) = match self.checkout(https, authority, partition).await {
+                (slot, Some(conn)) => (slot, true, conn),
                 // Boxed: the connect and handshake state is large and rarely needed; unboxed it
                 // would be part of (and copied with) every request's future.
                 (slot, None) => {
-                    let (sender, reused) =
+                    let (conn, reused) =
                         Box::pin(self.connect_or_wait(slot, https, authority)).await?;
-                    (slot, reused, sender)
+                    (slot, reused, conn)
                 }
+            };
+            let checkin = Checkin {
+                pool: self.clone(),
+                slot,
+                sent: sent.clone(),
+            };
+            let mut sender = match conn {
+                // No body (`track_body` tracks every request that has one): exchanged here.
+                Conn::Raw(raw) if sent.is_none() => {
+                    let target = request
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", http::uri::PathAndQuery::as_str);
+                    match raw.send(request.method(), target, request.headers()).await {
+                        Ok((head, body)) => {
+                            return Ok(head.map(|()| PooledBody {
+                                inner: Inner::Raw(body),
+                                checkin: Some(checkin),
+                            }));
+                        }
+                        // Nothing came back on a reused connection the upstream had closed
+                        // meanwhile: safe to send again, on another one.
+                        Err(failure) if failure.retry_safe && reused && stale < STALE_RETRIES => {
+                            stale += 1;
+                            continue;
+                        }
+                        Err(failure) => return Err(SendError::Request(Box::new(failure.error))),
+                    }
+                }
+                // A body to send: hyper sends it while reading an early answer. The connection
+                // stays hyper's from now on.
+                Conn::Raw(raw) => Box::pin(handshake(raw)).await?,
+                Conn::Hyper(sender) => sender,
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    let checkin = Checkin {
-                        pool: self.clone(),
-                        slot,
-                        sender: Some(sender),
-                        sent,
-                    };
                     return Ok(response.map(|incoming| PooledBody {
-                        incoming,
+                        inner: Inner::Hyper {
+                            incoming,
+                            sender: Some(sender),
+                        },
                         checkin: Some(checkin),
                     }));
                 }
@@ -204,7 +263,7 @@ impl ForwardPool {
                         stale += 1;
                         request = unsent;
                     }
-                    _ => return Err(SendError::Request(err.into_error())),
+                    _ => return Err(SendError::Request(err.into_error().into())),
                 },
             }
         }
@@ -217,7 +276,7 @@ impl ForwardPool {
         https: bool,
         authority: &str,
         partition: u64,
-    ) -> (usize, Option<SendRequest<UpstreamBody>>) {
+    ) -> (usize, Option<Conn>) {
         loop {
             let (slot, candidate) = {
                 let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
@@ -240,24 +299,21 @@ impl ForwardPool {
                 let mut candidate = None;
                 if let Some(origin) = origins.get_mut(slot) {
                     while let Some(idle) = origin.idle.pop() {
-                        if !idle.sender.is_closed() && idle.since.elapsed() < self.idle_timeout {
-                            candidate = Some(idle.sender);
+                        if idle.since.elapsed() < self.idle_timeout {
+                            candidate = Some(idle.conn);
                             break;
                         }
                     }
                 }
                 (slot, candidate)
             };
-            let Some(mut sender) = candidate else {
+            let Some(mut conn) = candidate else {
                 return (slot, None);
             };
-            // Usually ready already: the connection went idle before its response body ended
-            // here. If it closed meanwhile, try the next one.
-            if std::future::poll_fn(|cx| sender.poll_ready(cx))
-                .await
-                .is_ok()
-            {
-                return (slot, Some(sender));
+            // Usually ready: the upstream keeps connections open far longer than the proxy does.
+            // If it closed this one (or sent something unasked), try the next.
+            if conn.ready().await {
+                return (slot, Some(conn));
             }
         }
     }
@@ -271,7 +327,7 @@ impl ForwardPool {
         slot: usize,
         https: bool,
         authority: &str,
-    ) -> Result<(SendRequest<UpstreamBody>, bool), SendError> {
+    ) -> Result<(Conn, bool), SendError> {
         let (tx, mut handed) = oneshot::channel();
         {
             let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
@@ -285,10 +341,10 @@ impl ForwardPool {
         let target = authority.to_owned();
         tokio::spawn(async move {
             match pool.connect(https, &target).await {
-                Ok(sender) => {
-                    if let Err(Ok(sender)) = own_tx.send(Ok(sender)) {
+                Ok(conn) => {
+                    if let Err(Ok(conn)) = own_tx.send(Ok(conn)) {
                         // The request was served by another connection (or went away).
-                        pool.checkin(slot, sender);
+                        pool.checkin(slot, conn);
                     }
                 }
                 Err(err) => {
@@ -300,20 +356,20 @@ impl ForwardPool {
             tokio::select! {
                 biased;
                 got = &mut handed, if !handed.is_terminated() => {
-                    if let Ok(mut sender) = got
-                        && std::future::poll_fn(|cx| sender.poll_ready(cx)).await.is_ok()
+                    if let Ok(mut conn) = got
+                        && conn.ready().await
                     {
-                        return Ok((sender, true));
+                        return Ok((conn, true));
                     }
                     // Closed meanwhile: keep waiting for the new connection.
                 }
                 connected = &mut own => {
                     handed.close();
-                    if let Ok(sender) = handed.try_recv() {
-                        self.checkin(slot, sender);
+                    if let Ok(conn) = handed.try_recv() {
+                        self.checkin(slot, conn);
                     }
                     return match connected {
-                        Ok(result) => result.map(|sender| (sender, false)),
+                        Ok(result) => result.map(|conn| (conn, false)),
                         // The connect task died (runtime shutting down).
                         Err(_) => Err(SendError::Connect("the connect task ended".into())),
                     };
@@ -322,12 +378,8 @@ impl ForwardPool {
         }
     }
 
-    /// A new connection; its task runs on the current runtime until either side closes it.
-    async fn connect(
-        &self,
-        https: bool,
-        authority: &str,
-    ) -> Result<SendRequest<UpstreamBody>, SendError> {
+    /// A new connection (TCP, and TLS for `https`).
+    async fn connect(&self, https: bool, authority: &str) -> Result<Conn, SendError> {
         let scheme = if https { "https" } else { "http" };
         let uri: Uri = format!("{scheme}://{authority}/")
             .parse()
@@ -338,20 +390,13 @@ impl ForwardPool {
             .call(uri)
             .await
             .map_err(SendError::Connect)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(SendError::Request)?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!("upstream connection ended: {err}");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::Raw(RawConn::new(io)))
     }
 
-    fn checkin(&self, slot: usize, mut sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
+    fn checkin(&self, slot: usize, mut conn: Conn) {
+        if let Conn::Hyper(sender) = &conn
+            && sender.is_closed()
+        {
             return;
         }
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
@@ -360,41 +405,52 @@ impl ForwardPool {
         };
         // A request still waiting for its own connect takes this one now.
         while let Some(waiter) = origin.waiters.pop_front() {
-            match waiter.send(sender) {
+            match waiter.send(conn) {
                 Ok(()) => return,
-                Err(back) => sender = back,
+                Err(back) => conn = back,
             }
         }
         if origin.idle.len() < MAX_IDLE_PER_ORIGIN {
             origin.idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 }
 
+/// Hands a raw connection to hyper's client; its task runs on the current runtime until either
+/// side closes the connection.
+async fn handshake(raw: RawConn) -> Result<SendRequest<UpstreamBody>, SendError> {
+    let (sender, connection) = http1::Builder::new()
+        .handshake(raw.into_stream())
+        .await
+        .map_err(|err| SendError::Request(err.into()))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!("upstream connection ended: {err}");
+        }
+    });
+    Ok(sender)
+}
+
 /// Puts a connection back into the pool, once its response has been read to the end. Dropped
-/// earlier, it lets the connection go: hyper closes a connection whose body was not read.
+/// earlier, it lets the connection go: a connection whose body was not read is closed.
 struct Checkin {
     pool: Arc<ForwardPool>,
     slot: usize,
-    sender: Option<SendRequest<UpstreamBody>>,
     /// Set when the request's body has gone out; `None` for a request without one.
     sent: Option<Arc<BodySent>>,
 }
 
 impl Checkin {
-    fn release(&mut self) {
-        let Some(sender) = self.sender.take() else {
-            return;
-        };
+    fn release(self, conn: Conn) {
         // Still sending the request body: not reusable. Dropped here, the connection closes
         // once hyper has finished (or failed) the request.
         if self.sent.as_ref().is_some_and(|sent| !sent.is_sent()) {
             return;
         }
-        self.pool.checkin(self.slot, sender);
+        self.pool.checkin(self.slot, conn);
     }
 }
 
@@ -486,8 +542,16 @@ impl Body for Tracked {
 
 /// An upstream response body that returns its connection to the pool at its end.
 pub struct PooledBody {
-    incoming: Incoming,
+    inner: Inner,
     checkin: Option<Checkin>,
+}
+
+enum Inner {
+    Raw(RawBody),
+    Hyper {
+        incoming: Incoming,
+        sender: Option<SendRequest<UpstreamBody>>,
+    },
 }
 
 impl PooledBody {
@@ -496,24 +560,41 @@ impl PooledBody {
     pub fn forbid_reuse(&mut self) {
         self.checkin = None;
     }
+
+    /// Hands the connection back, if it can carry another exchange.
+    fn release(&mut self) {
+        let Some(checkin) = self.checkin.take() else {
+            return;
+        };
+        let conn = match &mut self.inner {
+            Inner::Raw(body) => body.take_reusable().map(Conn::Raw),
+            Inner::Hyper { sender, .. } => sender.take().map(Conn::Hyper),
+        };
+        if let Some(conn) = conn {
+            checkin.release(conn);
+        }
+    }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = std::task::ready!(std::pin::Pin::new(&mut this.incoming).poll_frame(cx));
-        match &frame {
-            None => {
-                if let Some(mut checkin) = this.checkin.take() {
-                    checkin.release();
-                }
+        let frame = match &mut this.inner {
+            Inner::Raw(body) => std::task::ready!(std::pin::Pin::new(body).poll_frame(cx))
+                .map(|r| r.map_err(BoxError::from)),
+            Inner::Hyper { incoming, .. } => {
+                std::task::ready!(std::pin::Pin::new(incoming).poll_frame(cx))
+                    .map(|r| r.map_err(BoxError::from))
             }
+        };
+        match &frame {
+            None => this.release(),
             Some(Err(_)) => this.checkin = None,
             Some(Ok(_)) => {}
         }
@@ -521,21 +602,25 @@ impl Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        match &self.inner {
+            Inner::Raw(body) => body.is_end_stream(),
+            Inner::Hyper { incoming, .. } => incoming.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
+        match &self.inner {
+            Inner::Raw(body) => body.size_hint(),
+            Inner::Hyper { incoming, .. } => incoming.size_hint(),
+        }
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // Ended without a final poll (empty body, HEAD, 304, length reached): still reusable.
-        if let Some(mut checkin) = self.checkin.take()
-            && self.incoming.is_end_stream()
-        {
-            checkin.release();
+        if self.checkin.is_some() && self.is_end_stream() {
+            self.release();
         }
     }
 }
