@@ -178,7 +178,11 @@ impl RawConn {
                     }
                 }
             }
-            conn.buf.reserve(HEAD_READ);
+            // A new buffer only when this one is nearly full: the bytes before it stay shared
+            // with the previous response's header values and body for as long as they live.
+            if conn.buf.capacity() - conn.buf.len() < 1024 {
+                conn.buf.reserve(HEAD_READ);
+            }
             let retry_safe = !read_any && idempotent;
             match tokio::io::AsyncReadExt::read_buf(&mut conn.io, &mut conn.buf).await {
                 Ok(0) => {
@@ -285,6 +289,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
         for &(ns, ne, vs, ve) in &spans {
             let name = HeaderName::from_bytes(&head[ns..ne])
                 .map_err(|_| H1Error::Head("invalid header name".into()))?;
+            // Checked again, though httparse accepts the same bytes: the crate has no unsafe code.
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| H1Error::Head(format!("invalid value for header {name}")))?;
             if name == header::CONNECTION {
