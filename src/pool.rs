@@ -837,6 +837,46 @@ mod tests {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
+    /// An upstream that closes each connection after answering one request, without saying so
+    /// (no `Connection: close`): the pool keeps the connection, and must find it closed (as it
+    /// finds one that sent bytes nobody asked for) instead of failing the next request on it.
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let (tx, mut events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = tx.send("accepted");
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                drop(stream);
+                let _ = tx.send("closed");
+            }
+        });
+        let pool = pool(Duration::from_secs(600));
+        for _ in 0..3 {
+            get(&pool, &authority).await;
+            assert_eq!(next(&mut events).await, "accepted");
+            assert_eq!(next(&mut events).await, "closed");
+            // Let the close reach the proxy's side of the socket.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The last one is still listed; looking at it finds it closed.
+        assert_eq!(idle_count(&pool), 1);
+        pool.reap();
+        assert_eq!(idle_count(&pool), 0, "a closed idle connection is dropped");
+    }
+
     #[tokio::test]
     async fn the_reaper_ends_when_the_pool_is_dropped() {
         let (authority, mut events) = upstream().await;
