@@ -17,6 +17,8 @@
 //! - [`clients`]: proxy client keys and their allow lists.
 //! - [`upstream`]: upstream TLS (rustls) and the client for GitHub App calls.
 //! - [`pool`]: keep-alive upstream connections for forwarding.
+//! - [`h1`]: the upstream HTTP/1.1 exchange for requests without a body (hyper's client carries
+//!   the rest).
 //! - [`forward`]: header rules, streaming, `Link`/`Location` rewriting, the 401 retry.
 //! - [`server`]: accept loop, request phases, graceful shutdown.
 //! - [`audit`]: the audit record and its writer (never drops, flushes on shutdown).
