@@ -877,6 +877,51 @@ mod tests {
         assert_eq!(idle_count(&pool), 0, "a closed idle connection is dropped");
     }
 
+    /// The upstream closes a kept-alive connection just as the next request arrives on it (it
+    /// reads the head and hangs up without a byte of answer, as a server timing out an idle
+    /// connection does): a GET is sent again on a new connection instead of failing.
+    #[tokio::test]
+    async fn a_get_cut_off_unanswered_on_a_reused_connection_is_sent_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let (tx, mut events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = tx.send("accepted");
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    for answered in 0.. {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        if answered == 1 {
+                            // The second request on this connection: hang up unanswered.
+                            let _ = tx.send("cut");
+                            return;
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = pool(Duration::from_secs(600));
+        get(&pool, &authority).await;
+        assert_eq!(next(&mut events).await, "accepted");
+        // Reuses the first connection, which is cut; answered on a second one.
+        get(&pool, &authority).await;
+        assert_eq!(next(&mut events).await, "cut");
+        assert_eq!(next(&mut events).await, "accepted");
+    }
+
     #[tokio::test]
     async fn the_reaper_ends_when_the_pool_is_dropped() {
         let (authority, mut events) = upstream().await;
