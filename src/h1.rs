@@ -874,6 +874,18 @@ mod tests {
         }
     }
 
+    /// Whether `conn` is found unusable within a second (what the upstream did takes a moment
+    /// to reach this side of the socket).
+    async fn turns_unusable(conn: &mut RawConn) -> bool {
+        for _ in 0..100 {
+            if !conn.is_idle_usable() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     #[tokio::test]
     async fn an_idle_connection_is_usable_until_the_upstream_closes_or_speaks() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -883,28 +895,18 @@ mod tests {
         let mut conn = RawConn::new(MaybeHttpsStream::Http(TokioIo::new(client)));
         assert!(conn.is_idle_usable());
         server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
-        let mut usable = true;
-        for _ in 0..100 {
-            usable = conn.is_idle_usable();
-            if !usable {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(!usable, "unasked bytes make the connection unusable");
+        assert!(
+            turns_unusable(&mut conn).await,
+            "unasked bytes make the connection unusable"
+        );
 
         let client = TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let mut conn = RawConn::new(MaybeHttpsStream::Http(TokioIo::new(client)));
         drop(server);
-        let mut usable = true;
-        for _ in 0..100 {
-            usable = conn.is_idle_usable();
-            if !usable {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(!usable, "a closed connection is not usable");
+        assert!(
+            turns_unusable(&mut conn).await,
+            "a closed connection is not usable"
+        );
     }
 }
