@@ -336,6 +336,7 @@ pub async fn serve_main(config: Config) -> ExitCode {
     tracing::info!(
         listen = %proxy_addr,
         admin = %admin_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "gh-token-proxy {} serving",
         env!("CARGO_PKG_VERSION")
     );
