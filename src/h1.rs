@@ -238,7 +238,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
         }
         let mut raw =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let (len, code, reason, version, spans) = {
+        let (len, status, reason, version, spans) = {
             let bytes: &[u8] = buf;
             let base = bytes.as_ptr() as usize;
             let mut parsed = httparse::Response::new(&mut []);
@@ -259,26 +259,24 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
                             (name, name + h.name.len(), value, value + h.value.len())
                         })
                         .collect();
-                    let code = parsed.code.unwrap_or(0);
+                    let status = StatusCode::from_u16(parsed.code.unwrap_or(0))
+                        .map_err(|e| H1Error::Head(e.to_string()))?;
+                    // Kept only when it is not the usual one, as hyper does.
                     let reason = parsed.reason.unwrap_or("");
-                    let reason = (StatusCode::from_u16(code)
-                        .ok()
-                        .and_then(|s| s.canonical_reason())
-                        != Some(reason))
-                    .then(|| Bytes::copy_from_slice(reason.as_bytes()));
+                    let reason = (status.canonical_reason() != Some(reason))
+                        .then(|| Bytes::copy_from_slice(reason.as_bytes()));
                     let version = if parsed.version == Some(1) {
                         Version::HTTP_11
                     } else {
                         Version::HTTP_10
                     };
-                    (len, code, reason, version, spans)
+                    (len, status, reason, version, spans)
                 }
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(err) => return Err(H1Error::Head(err.to_string())),
             }
         };
         let head = buf.split_to(len).freeze();
-        let status = StatusCode::from_u16(code).map_err(|e| H1Error::Head(e.to_string()))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             // 100 Continue, 103 Early Hints: the final answer follows.
             continue;
@@ -457,8 +455,24 @@ impl RawBody {
         Frame::data(buf.split_to(n).freeze())
     }
 
-    /// The position of the next `\n` in the buffer, reading more until there is one (`None`
-    /// when there is none within `limit` bytes).
+    /// The next piece of a body part of `rest` more bytes (a sized body, or one chunk), reading
+    /// when nothing is buffered, and how many bytes of `rest` it holds. The stream ending first is
+    /// an error: the body was cut short.
+    fn poll_sized(
+        &mut self,
+        cx: &mut Context<'_>,
+        rest: u64,
+    ) -> Poll<Result<(Frame<Bytes>, u64), H1Error>> {
+        if self.buffered().is_empty() && ready!(self.poll_fill(cx))? == 0 {
+            return Poll::Ready(Err(H1Error::BodyIncomplete));
+        }
+        let frame = self.take_frame(rest);
+        let n = frame.data_ref().map_or(0, Bytes::len) as u64;
+        Poll::Ready(Ok((frame, n)))
+    }
+
+    /// The position of the next `\n` in the buffer, reading more until there is one (an error
+    /// when there is none within `limit` bytes, or the stream ends first).
     fn poll_line(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Result<usize, H1Error>> {
         loop {
             let buf = self.buffered();
@@ -479,11 +493,7 @@ impl RawBody {
             match self.state {
                 State::Done | State::Length(0) => return Poll::Ready(None),
                 State::Length(rest) => {
-                    if self.buffered().is_empty() && ready!(self.poll_fill(cx))? == 0 {
-                        return Poll::Ready(Some(Err(H1Error::BodyIncomplete)));
-                    }
-                    let frame = self.take_frame(rest);
-                    let n = frame.data_ref().map_or(0, Bytes::len) as u64;
+                    let (frame, n) = ready!(self.poll_sized(cx, rest))?;
                     self.state = State::Length(rest - n);
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -505,11 +515,7 @@ impl RawBody {
                     });
                 }
                 State::Chunked(Chunk::Data(rest)) => {
-                    if self.buffered().is_empty() && ready!(self.poll_fill(cx))? == 0 {
-                        return Poll::Ready(Some(Err(H1Error::BodyIncomplete)));
-                    }
-                    let frame = self.take_frame(rest);
-                    let n = frame.data_ref().map_or(0, Bytes::len) as u64;
+                    let (frame, n) = ready!(self.poll_sized(cx, rest))?;
                     self.state = State::Chunked(if n == rest {
                         Chunk::DataEnd
                     } else {

@@ -837,6 +837,20 @@ mod tests {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
+    /// Reads one request head (these tests send no bodies); `false` when the connection ended
+    /// first.
+    async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => buf.push(byte[0]),
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// An upstream that closes each connection after answering one request, without saying so
     /// (no `Connection: close`): the pool keeps the connection, and must find it closed (as it
     /// finds one that sent bytes nobody asked for) instead of failing the next request on it.
@@ -848,14 +862,7 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let _ = tx.send("accepted");
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                read_head(&mut stream).await;
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await;
@@ -890,16 +897,10 @@ mod tests {
                 let _ = tx.send("accepted");
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
                     for answered in 0.. {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
+                        if !read_head(&mut stream).await {
+                            return;
                         }
-                        buf.clear();
                         if answered == 1 {
                             // The second request on this connection: hang up unanswered.
                             let _ = tx.send("cut");
